@@ -17,8 +17,9 @@ export interface ErrnoError extends Error {
   syscall: string;
 }
 
+/** Duck-typed on purpose: errors thrown by the addon may come from another realm (jest, vm). */
 export function isErrnoError(e: unknown, code?: string): e is ErrnoError {
-  if (!(e instanceof Error)) return false;
+  if (typeof e !== 'object' || e === null) return false;
   const c = (e as Partial<ErrnoError>).code;
   return typeof c === 'string' && typeof (e as Partial<ErrnoError>).errno === 'number' && (code === undefined || c === code);
 }
