@@ -1,0 +1,252 @@
+/**
+ * Command-line parsing: closurefs' own flags plus the virtiofsd flags that
+ * microvm.nix and other launchers pass, so closurefs can be dropped in where
+ * virtiofsd ran. Parsing is pure (argv in, options or a UsageError out) so it is
+ * tested without starting anything.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { ClosurefsError } from './errors';
+import { LOG_LEVELS, LogLevel } from './log';
+
+export type CacheMode = 'auto' | 'always' | 'never';
+
+/** Exit statuses, documented in --help. */
+export const EXIT = {
+  OK: 0,
+  INTERNAL: 1,
+  USAGE: 2,
+  CLOSURE: 3,
+  SOCKET: 4,
+  STORE: 5,
+} as const;
+
+export const EXIT_HELP = `
+Exit status:
+  0  clean shutdown (frontend disconnected, SIGTERM or SIGINT)
+  1  internal error
+  2  bad or conflicting flags
+  3  bad closure input (the message names the file and line)
+  4  socket problem (directory missing, path in use, --fd not a listening socket)
+  5  store directory missing or unreadable`;
+
+export class UsageError extends ClosurefsError {
+  override readonly code = 'CFS_ERR_USAGE';
+}
+
+export interface DaemonOptions {
+  socketPath?: string;
+  fd?: number;
+  socketGroup?: string;
+  closureFiles: string[];
+  closureOf: string[];
+  storeDir: string;
+  allowMissing: boolean;
+  tag?: string;
+  numRequestQueues: number;
+  cache: CacheMode;
+  logLevel: LogLevel;
+  persist: boolean;
+  maxOpenFiles: number;
+  daxWindow?: number;
+  /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
+  ignored: string[];
+}
+
+export type ParseResult =
+  | { kind: 'run'; options: DaemonOptions }
+  | { kind: 'capabilities' }
+  | { kind: 'exit'; status: number; output: string };
+
+const DEFAULT_STORE = '/nix/store';
+const TAG_MAX = 36; // virtio-fs config space: tag[36]
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function positiveInt(name: string, max: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > max) {
+      throw new UsageError(`${name} must be an integer from 1 to ${max}, got '${v}'`);
+    }
+    return n;
+  };
+}
+
+/** Sizes like 8G, 512M, 65536 (bytes). */
+export function parseSize(v: string): number {
+  const m = /^(\d+)([KMGT]i?B?)?$/i.exec(v.trim());
+  if (!m) throw new UsageError(`not a size: '${v}' (use e.g. 512M or 8G)`);
+  const unit = (m[2] ?? '').charAt(0).toUpperCase();
+  const shift = { '': 0, K: 10, M: 20, G: 30, T: 40 }[unit] ?? 0;
+  const n = Number(m[1]) * 2 ** shift;
+  if (!Number.isSafeInteger(n)) throw new UsageError(`size too large: '${v}'`);
+  return n;
+}
+
+function buildCommand(): Command {
+  const cmd = new Command('closurefs')
+    .description(
+      'vhost-user virtio-fs backend that serves exactly one Nix closure, read-only.\n' +
+        'The guest mounts it with: mount -t virtiofs TAG /nix/store',
+    )
+    .option('--socket-path <path>', 'listen for the VMM on this UNIX socket')
+    .option('--fd <n>', 'use this inherited listening socket instead of --socket-path', positiveIntOrZero('--fd'))
+    .option('--socket-group <group>', 'give the socket to this group (mode 0660)')
+    .option('--closure <file>', 'closure to serve: store-paths list, closureInfo dir, path-info JSON or dump-db text (repeatable)', collect, [])
+    .option('--closure-of <path>', 'serve the closure of this store path, asking the store (repeatable)', collect, [])
+    .option('--store-dir <dir>', `where store paths live on the host (default ${DEFAULT_STORE})`)
+    .option('--allow-missing', 'warn about closure paths missing on disk instead of failing', false)
+    .option('--tag <tag>', `mount tag offered in the device config space (at most ${TAG_MAX} bytes)`)
+    .option('--num-request-queues <n>', 'request queues besides the hiprio queue', positiveInt('--num-request-queues', 64), 1)
+    .addOption(new Option('--cache <mode>', 'guest caching (default: always, which suits an immutable store)').choices(['auto', 'always', 'never']))
+    .addOption(new Option('--log-level <level>', 'log level').choices([...LOG_LEVELS]).default('info'))
+    .option('--persist', 'keep listening for the next frontend after one disconnects', false)
+    .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
+    .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
+    .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
+    // virtiofsd compatibility (microvm.nix passes these).
+    .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
+    .option('-o <options>', 'virtiofsd legacy options: source=DIR,cache=MODE,... (repeatable)', collect, [])
+    .addOption(new Option('--rlimit-nofile <n>').hideHelp())
+    .addOption(new Option('--thread-pool-size <n>').hideHelp())
+    .addOption(new Option('--posix-acl').hideHelp())
+    .addOption(new Option('--xattr').hideHelp())
+    .addOption(new Option('--inode-file-handles [mode]').hideHelp())
+    .addOption(new Option('--readonly').hideHelp())
+    .addOption(new Option('--sandbox <mode>').hideHelp())
+    .addOption(new Option('--seccomp <mode>').hideHelp())
+    .addOption(new Option('--announce-submounts').hideHelp())
+    .addOption(new Option('--allow-direct-io').hideHelp())
+    .addOption(new Option('--killpriv-v2').hideHelp())
+    .addOption(new Option('--no-killpriv-v2').hideHelp())
+    .addOption(new Option('--writeback').hideHelp())
+    .addHelpText('after', EXIT_HELP)
+    .allowExcessArguments(false)
+    .exitOverride();
+  return cmd;
+}
+
+function positiveIntOrZero(name: string): (v: string) => number {
+  return (v) => {
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) throw new UsageError(`${name} must be a non-negative integer, got '${v}'`);
+    return Number(v);
+  };
+}
+
+const IGNORED_FLAGS: Record<string, string> = {
+  rlimitNofile: '--rlimit-nofile',
+  threadPoolSize: '--thread-pool-size',
+  posixAcl: '--posix-acl',
+  xattr: '--xattr',
+  inodeFileHandles: '--inode-file-handles',
+  readonly: '--readonly',
+  sandbox: '--sandbox',
+  seccomp: '--seccomp',
+  announceSubmounts: '--announce-submounts',
+  allowDirectIo: '--allow-direct-io',
+  killprivV2: '--killpriv-v2',
+  writeback: '--writeback',
+};
+
+interface LegacyOptions {
+  source?: string;
+  cache?: CacheMode;
+  ignored: string[];
+}
+
+/** `-o source=DIR,cache=MODE,xattr,...` as virtiofsd's first CLI accepted it. */
+function parseLegacy(groups: string[]): LegacyOptions {
+  const out: LegacyOptions = { ignored: [] };
+  for (const item of groups.flatMap((g) => g.split(','))) {
+    if (item === '') continue;
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? item : item.slice(0, eq);
+    const value = eq < 0 ? '' : item.slice(eq + 1);
+    if (key === 'source') out.source = value;
+    else if (key === 'cache') {
+      if (!['auto', 'always', 'never', 'none'].includes(value)) throw new UsageError(`-o cache=${value}: expected auto, always or never`);
+      out.cache = value === 'none' ? 'never' : (value as CacheMode);
+    } else out.ignored.push(`-o ${item}`);
+  }
+  return out;
+}
+
+/** One value from several spellings of the same setting; different values conflict. */
+function agree<T>(what: string, candidates: [string, T | undefined][]): T | undefined {
+  const given = candidates.filter((c): c is [string, T] => c[1] !== undefined);
+  for (const [flag, value] of given) {
+    if (value !== given[0][1]) throw new UsageError(`conflicting flags: ${given[0][0]} and ${flag} name different ${what}s`);
+  }
+  return given[0]?.[1];
+}
+
+export function parseArgs(argv: readonly string[]): ParseResult {
+  const cmd = buildCommand();
+  let helpText = '';
+  cmd.configureOutput({ writeOut: (s) => (helpText += s), writeErr: (s) => (helpText += s) });
+  try {
+    cmd.parse(argv as string[], { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return { kind: 'exit', status: EXIT.OK, output: helpText };
+      // Errors from our own argument parsers arrive wrapped; keep their message.
+      throw new UsageError(e.message.replace(/^error: /, ''));
+    }
+    throw e;
+  }
+  const o = cmd.opts();
+  if (o.printCapabilities) return { kind: 'capabilities' };
+  return { kind: 'run', options: validate(o) };
+}
+
+function validate(o: Record<string, unknown>): DaemonOptions {
+  const legacy = parseLegacy(o.o as string[]);
+  const storeDir =
+    agree('store director', [
+      ['--store-dir', o.storeDir as string | undefined],
+      ['--shared-dir', o.sharedDir as string | undefined],
+      ['-o source', legacy.source],
+    ]) ?? DEFAULT_STORE;
+  // The store never changes under the guest, so letting it cache everything is safe and fastest.
+  const cache =
+    agree('cache mode', [
+      ['--cache', o.cache as CacheMode | undefined],
+      ['-o cache', legacy.cache],
+    ]) ?? 'always';
+  if (o.socketPath === undefined && o.fd === undefined) throw new UsageError('one of --socket-path or --fd is required');
+  if (o.socketPath !== undefined && o.fd !== undefined) throw new UsageError('conflicting flags: --socket-path and --fd');
+  const closureFiles = o.closure as string[];
+  const closureOf = o.closureOf as string[];
+  if (closureFiles.length === 0 && closureOf.length === 0) {
+    throw new UsageError('no closure given: pass --closure FILE or --closure-of STORE-PATH (closurefs never serves a whole store)');
+  }
+  const tag = o.tag as string | undefined;
+  if (tag !== undefined && (tag.length === 0 || Buffer.byteLength(tag) > TAG_MAX)) {
+    throw new UsageError(`--tag must be 1 to ${TAG_MAX} bytes, got ${Buffer.byteLength(tag)}`);
+  }
+  const ignored = [
+    ...Object.entries(IGNORED_FLAGS)
+      .filter(([key]) => o[key] !== undefined)
+      .map(([, flag]) => flag),
+    ...legacy.ignored,
+  ];
+  return {
+    socketPath: o.socketPath as string | undefined,
+    fd: o.fd as number | undefined,
+    socketGroup: o.socketGroup as string | undefined,
+    closureFiles,
+    closureOf,
+    storeDir,
+    allowMissing: o.allowMissing as boolean,
+    tag,
+    numRequestQueues: o.numRequestQueues as number,
+    cache,
+    logLevel: o.logLevel as LogLevel,
+    persist: o.persist as boolean,
+    maxOpenFiles: o.maxOpenFiles as number,
+    daxWindow: o.daxWindow as number | undefined,
+    ignored,
+  };
+}

@@ -1,0 +1,107 @@
+/** Command-line parsing: closurefs flags, virtiofsd/microvm.nix compatibility, and usage errors. */
+import { DaemonOptions, parseArgs, parseSize } from '../src/cli-options';
+
+function run(argv: string[]): DaemonOptions {
+  const r = parseArgs(argv);
+  if (r.kind !== 'run') throw new Error(`expected a run, got ${r.kind}`);
+  return r.options;
+}
+
+function usageError(argv: string[]): string {
+  try {
+    parseArgs(argv);
+  } catch (e) {
+    expect((e as { code?: string }).code).toBe('CFS_ERR_USAGE');
+    return (e as Error).message;
+  }
+  throw new Error('expected a usage error');
+}
+
+const BASE = ['--socket-path', '/run/cfs.sock', '--closure', '/tmp/closure'];
+
+test('defaults', () => {
+  const o = run(BASE);
+  expect(o).toMatchObject({
+    socketPath: '/run/cfs.sock',
+    closureFiles: ['/tmp/closure'],
+    storeDir: '/nix/store',
+    cache: 'always',
+    numRequestQueues: 1,
+    persist: false,
+    logLevel: 'info',
+    ignored: [],
+  });
+  expect(o.daxWindow).toBeUndefined();
+});
+
+test('the exact flags microvm.nix passes to virtiofsd are accepted; the meaningless ones are reported', () => {
+  const o = run([
+    '--socket-path=/run/microvm/store.sock', '--socket-group=kvm', '--shared-dir=/nix/store',
+    '--rlimit-nofile', '1048576', '--thread-pool-size', '4', '--posix-acl', '--xattr', '--cache=auto',
+    '--inode-file-handles=prefer', '--readonly', '--closure', '/etc/closure',
+  ]);
+  expect(o.socketPath).toBe('/run/microvm/store.sock');
+  expect(o.socketGroup).toBe('kvm');
+  expect(o.storeDir).toBe('/nix/store');
+  expect(o.cache).toBe('auto');
+  expect(o.ignored.sort()).toEqual(
+    ['--inode-file-handles', '--posix-acl', '--readonly', '--rlimit-nofile', '--thread-pool-size', '--xattr'].sort(),
+  );
+});
+
+test('legacy -o source=DIR,cache=MODE form', () => {
+  const o = run(['--socket-path', 's', '-o', 'source=/srv/store,cache=none,xattr', '--closure', 'c']);
+  expect(o.storeDir).toBe('/srv/store');
+  expect(o.cache).toBe('never');
+  expect(o.ignored).toEqual(['-o xattr']);
+});
+
+test('repeatable closure flags keep their order', () => {
+  const o = run(['--fd', '3', '--closure', 'a', '--closure', 'b', '--closure-of', '/nix/store/x', '--closure-of', '/nix/store/y']);
+  expect(o.fd).toBe(3);
+  expect(o.closureFiles).toEqual(['a', 'b']);
+  expect(o.closureOf).toEqual(['/nix/store/x', '/nix/store/y']);
+});
+
+test('--print-capabilities needs nothing else', () => {
+  expect(parseArgs(['--print-capabilities'])).toEqual({ kind: 'capabilities' });
+});
+
+test('--help exits 0 with the exit statuses documented', () => {
+  const r = parseArgs(['--help']);
+  expect(r.kind).toBe('exit');
+  if (r.kind === 'exit') {
+    expect(r.status).toBe(0);
+    expect(r.output).toContain('--closure <file>');
+    expect(r.output).toContain('Exit status:');
+    expect(r.output).toContain('bad closure input');
+  }
+});
+
+test('sizes', () => {
+  expect(parseSize('8G')).toBe(8 * 2 ** 30);
+  expect(parseSize('512M')).toBe(512 * 2 ** 20);
+  expect(parseSize('64KiB')).toBe(65536);
+  expect(parseSize('4096')).toBe(4096);
+  expect(() => parseSize('lots')).toThrow(/not a size/);
+  expect(run([...BASE, '--dax-window', '1G']).daxWindow).toBe(2 ** 30);
+});
+
+describe('usage errors name the problem', () => {
+  test.each([
+    [['--closure', 'x'], /one of --socket-path or --fd/],
+    [['--socket-path', 's', '--fd', '3', '--closure', 'x'], /conflicting flags: --socket-path and --fd/],
+    [['--socket-path', 's'], /no closure given/],
+    [[...BASE, '--store-dir', '/a', '--shared-dir', '/b'], /conflicting flags: --store-dir and --shared-dir/],
+    [[...BASE, '--shared-dir', '/a', '-o', 'source=/b'], /conflicting flags: --shared-dir and -o source/],
+    [[...BASE, '--cache', 'always', '-o', 'cache=never'], /conflicting flags: --cache and -o cache/],
+    [[...BASE, '--num-request-queues', '0'], /--num-request-queues must be an integer from 1 to 64/],
+    [[...BASE, '--cache', 'sometimes'], /sometimes.*Allowed choices are auto, always, never/],
+    [[...BASE, '--bogus'], /unknown option '--bogus'/],
+    [[...BASE, '--tag', 'x'.repeat(37)], /--tag must be 1 to 36 bytes/],
+    [[...BASE, 'stray'], /too many arguments/],
+    [[...BASE, '-o', 'cache=sometimes'], /-o cache=sometimes/],
+  ])('%j', (argv, pattern) => {
+    expect(usageError(argv as string[])).toMatch(pattern);
+  });
+});
