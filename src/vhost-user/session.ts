@@ -1,0 +1,585 @@
+/**
+ * One vhost-user connection, backend side: the protocol state machine
+ * (owner, negotiated features, memory table, vring state) and the glue that
+ * turns kicks into queue drains.
+ *
+ * Reactions, by kind of trouble:
+ * - a framing error (bad header, size, fds) or a failed send: log, close the
+ *   connection (every fd and mapping released), emit 'close' with the error;
+ * - a request the session refuses (bad value, wrong state, unsupported): log,
+ *   answer with a failure ack where a reply is expected, keep going;
+ * - a broken ring: log, signal the vring's err eventfd, stop that queue; the
+ *   control plane keeps working (RESET_DEVICE or a new SET_VRING_* revives it).
+ * Nothing thrown here escapes into the event loop.
+ */
+import { EventEmitter } from 'node:events';
+import * as native from '../native';
+import type { RequestHandler } from '../io';
+import { ClosurefsError } from '../errors';
+import { GuestMemory, type MemoryRegionDescriptor } from '../virtio/guest-memory';
+import { MemoryTableError, VirtqueueConfigError } from '../virtio/errors';
+import { Virtqueue } from '../virtio/queue';
+import { silentLogger, type Logger } from '../virtio/logger';
+import { BackendChannel } from './backend-channel';
+import { MessageReader, encodeMessage, u64Payload, type VhostUserMessage } from './codec';
+import { ENOENT, ENOTSUP, EINVAL, VhostUserProtocolError, VhostUserRequestError } from './errors';
+import {
+  encodeConfig,
+  encodeVringState,
+  readConfig,
+  readMemoryRegion,
+  readMemoryTable,
+  readU64,
+  readVringAddr,
+  readVringFdPayload,
+  readVringState,
+} from './payloads';
+import {
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  FrontendRequest as R,
+  MAX_MEM_SLOTS,
+  OFFERED_FEATURES,
+  OFFERED_PROTOCOL_FEATURES,
+  ProtocolFeature,
+  REQUESTS_WITH_REPLY,
+  VERSION,
+  VRING_F_LOG,
+  VirtioFeature,
+  requestName,
+} from './protocol';
+
+/** What a session serves. Optional parts default to "not supported". */
+export interface VhostUserDevice {
+  /** 1 hiprio + N request queues (virtio-fs §5.11.2). */
+  readonly numQueues: number;
+  /** virtio-fs tag; when given, GET_CONFIG serves it and PROTOCOL_F_CONFIG is offered. */
+  readonly tag?: string;
+  handler: RequestHandler;
+  /** Called on RESET_DEVICE / RESET_OWNER: drop per-guest state (open files, DAX mappings). */
+  reset?(): void;
+}
+
+export interface VhostUserSessionOptions {
+  logger?: Logger;
+  /** Ack timeout of the backend channel. */
+  backendTimeoutMs?: number;
+}
+
+/** virtio-fs config space (§5.11.4): u8 tag[36]; le32 num_request_queues. */
+export const FS_TAG_SIZE = 36;
+export const FS_CONFIG_SIZE = FS_TAG_SIZE + 4;
+/** Messages handled per socket wakeup before yielding to kicks and timers. */
+const MESSAGES_PER_WAKEUP = 64;
+
+/** A snapshot of protocol state, for tests and diagnostics. */
+export interface SessionState {
+  owner: boolean;
+  features: bigint;
+  protocolFeatures: bigint;
+  regions: readonly MemoryRegionDescriptor[];
+  vrings: { size: number; enabled: boolean; started: boolean; nextAvail: number; nextUsed: number; broken: string | null }[];
+  backendChannel: boolean;
+  closed: boolean;
+}
+
+type Handler = (msg: VhostUserMessage) => Buffer | void;
+
+/** Per-vring state that is not the ring itself: its fds and the start/enable rules. */
+class Vring {
+  kickFd = -1;
+  callFd = -1;
+  errFd = -1;
+  /** Started: has a kick fd (SET_VRING_KICK), until GET_VRING_BASE stops it. */
+  started = false;
+  enabled = false;
+  addressesSet = false;
+  watcher: native.FdWatcher | null = null;
+  pendingDrain: NodeJS.Immediate | null = null;
+  constructor(readonly queue: Virtqueue) {}
+}
+
+export class VhostUserSession extends EventEmitter {
+  readonly #fd: number;
+  readonly #device: VhostUserDevice;
+  readonly #log: Logger;
+  readonly #backendTimeoutMs: number | undefined;
+  readonly #reader = new MessageReader();
+  readonly #watcher: native.FdWatcher;
+  readonly #memory = new GuestMemory({ maxRegions: MAX_MEM_SLOTS });
+  readonly #vrings: Vring[];
+  readonly #config: Buffer | null;
+  readonly #offeredProtocol: bigint;
+  readonly #handlers: Record<number, Handler>;
+  #owner = false;
+  #features = 0n;
+  #protocolFeatures = 0n;
+  #backend: BackendChannel | null = null;
+  #closed = false;
+
+  /** Serves the connected socket `fd` (taken over: closed by close()). */
+  constructor(fd: number, device: VhostUserDevice, opts: VhostUserSessionOptions = {}) {
+    super();
+    checkDevice(device);
+    this.#fd = fd;
+    this.#device = device;
+    this.#log = opts.logger ?? silentLogger;
+    this.#backendTimeoutMs = opts.backendTimeoutMs;
+    this.#config = device.tag === undefined ? null : fsConfig(device.tag, device.numQueues - 1);
+    this.#offeredProtocol = OFFERED_PROTOCOL_FEATURES | (this.#config ? ProtocolFeature.CONFIG : 0n);
+    this.#vrings = Array.from({ length: device.numQueues }, (_, index) => this.#newVring(index));
+    this.#handlers = this.#handlerTable();
+    native.setNonBlocking(fd, true);
+    this.#watcher = new native.FdWatcher(fd, () => this.#onReadable()).start();
+  }
+
+  /** The SET_BACKEND_REQ_FD channel, once the frontend has sent one. */
+  get backendChannel(): BackendChannel | null {
+    return this.#backend;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  state(): SessionState {
+    return {
+      owner: this.#owner,
+      features: this.#features,
+      protocolFeatures: this.#protocolFeatures,
+      regions: this.#memory.regions.map(({ guestPhysAddr, size, userAddr, mmapOffset }) => ({ guestPhysAddr, size, userAddr, mmapOffset })),
+      vrings: this.#vrings.map((v) => ({
+        size: v.queue.size,
+        enabled: v.enabled,
+        started: v.started,
+        nextAvail: v.queue.nextAvail,
+        nextUsed: v.queue.nextUsed,
+        broken: v.queue.broken?.message ?? null,
+      })),
+      backendChannel: this.#backend !== null,
+      closed: this.#closed,
+    };
+  }
+
+  /** Releases everything (rings, mappings, fds, the socket) and emits 'close' once. */
+  close(reason?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#watcher.close();
+    this.#reader.close();
+    for (const v of this.#vrings) this.#releaseVring(v);
+    this.#memory.close();
+    this.#backend?.close();
+    this.#backend = null;
+    native.closeQuietly(this.#fd);
+    this.emit('close', reason);
+  }
+
+  // ---- socket --------------------------------------------------------------------
+
+  #onReadable(): void {
+    try {
+      for (let i = 0; i < MESSAGES_PER_WAKEUP && !this.#closed; i++) {
+        if (!this.#readOnce()) return;
+      }
+    } catch (e) {
+      this.#log.error({ err: errText(e), code: (e as ClosurefsError).code }, 'vhost-user connection broken; closing it');
+      this.close(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  /** One recvmsg; false when the socket has nothing more for now. */
+  #readOnce(): boolean {
+    const w = this.#reader.window();
+    const r = native.recvmsg(this.#fd, w.buf, w.offset, w.length);
+    if (r === null) return false;
+    if (r.bytes === 0) {
+      for (const fd of r.fds) native.closeQuietly(fd);
+      this.#log.info('frontend closed the vhost-user connection');
+      this.close();
+      return false;
+    }
+    const msg = this.#reader.received(r.bytes, r.fds, r.truncated);
+    if (msg !== null) this.#dispatch(msg);
+    return true;
+  }
+
+  #dispatch(msg: VhostUserMessage): void {
+    const name = requestName(msg.request);
+    // Decided before handling: SET_PROTOCOL_FEATURES itself follows the old state.
+    const wantsAck = (msg.flags & FLAG_NEED_REPLY) !== 0 && this.#has(ProtocolFeature.REPLY_ACK);
+    this.#log.debug({ request: name, flags: msg.flags, size: msg.payload.length, fds: msg.fds.length }, 'vhost-user request');
+    try {
+      const handler = this.#handlers[msg.request];
+      if (handler === undefined) throw new VhostUserRequestError(`${name} is not supported`, ENOTSUP);
+      const reply = handler(msg);
+      if (reply !== undefined) this.#send(msg.request, reply);
+      else if (wantsAck) this.#send(msg.request, u64Payload(0n));
+    } catch (e) {
+      if (!(e instanceof VhostUserRequestError)) throw e;
+      this.#log.warn({ request: name, err: e.message }, 'vhost-user request refused');
+      if (wantsAck || REQUESTS_WITH_REPLY.has(msg.request)) this.#send(msg.request, u64Payload(BigInt(e.ack)));
+    } finally {
+      for (const fd of msg.fds) native.closeQuietly(fd);
+    }
+  }
+
+  #send(request: number, payload: Buffer): void {
+    if (this.#closed) return;
+    const msg = encodeMessage(request, VERSION | FLAG_REPLY, payload);
+    const sent = native.sendmsg(this.#fd, msg);
+    // Replies are tiny and the frontend waits for each: a full socket buffer means it stopped reading.
+    if (sent !== msg.length) throw new VhostUserProtocolError(`reply to ${requestName(request)}: sent ${sent ?? 0} of ${msg.length} bytes`);
+  }
+
+  #has(feature: bigint): boolean {
+    return (this.#protocolFeatures & feature) !== 0n;
+  }
+
+  // ---- request handlers ----------------------------------------------------------
+
+  #handlerTable(): Record<number, Handler> {
+    return {
+      [R.GET_FEATURES]: () => u64Payload(OFFERED_FEATURES),
+      [R.SET_FEATURES]: (m) => this.#setFeatures(readU64(m.payload)),
+      [R.GET_PROTOCOL_FEATURES]: () => u64Payload(this.#offeredProtocol),
+      [R.SET_PROTOCOL_FEATURES]: (m) => this.#setProtocolFeatures(readU64(m.payload)),
+      [R.SET_OWNER]: () => {
+        this.#owner = true;
+      },
+      [R.RESET_OWNER]: () => this.#resetOwner(),
+      [R.RESET_DEVICE]: () => this.#resetDevice(),
+      [R.GET_QUEUE_NUM]: () => u64Payload(BigInt(this.#device.numQueues)),
+      [R.GET_MAX_MEM_SLOTS]: () => u64Payload(BigInt(MAX_MEM_SLOTS)),
+      [R.SET_MEM_TABLE]: (m) => this.#setMemTable(m),
+      [R.ADD_MEM_REG]: (m) => this.#addMemReg(m),
+      [R.REM_MEM_REG]: (m) => this.#remMemReg(m),
+      [R.SET_VRING_NUM]: (m) => this.#setVringNum(m),
+      [R.SET_VRING_ADDR]: (m) => this.#setVringAddr(m),
+      [R.SET_VRING_BASE]: (m) => this.#setVringBase(m),
+      [R.GET_VRING_BASE]: (m) => this.#getVringBase(m),
+      [R.SET_VRING_KICK]: (m) => this.#setVringKick(m),
+      [R.SET_VRING_CALL]: (m) => this.#setVringFd(m, 'callFd'),
+      [R.SET_VRING_ERR]: (m) => this.#setVringFd(m, 'errFd'),
+      [R.SET_VRING_ENABLE]: (m) => this.#setVringEnable(m),
+      [R.SET_BACKEND_REQ_FD]: (m) => this.#setBackendReqFd(m),
+      [R.GET_CONFIG]: (m) => this.#getConfig(m),
+      [R.SET_CONFIG]: () => {
+        throw new VhostUserRequestError('the virtio-fs configuration space is read-only (§5.11.4)');
+      },
+    };
+  }
+
+  #setFeatures(features: bigint): void {
+    const extra = features & ~OFFERED_FEATURES;
+    if (extra !== 0n) throw new VhostUserRequestError(`SET_FEATURES acks bits 0x${extra.toString(16)} that were never offered`);
+    this.#features = features;
+    const eventIdx = (features & VirtioFeature.EVENT_IDX) !== 0n;
+    for (const v of this.#vrings) v.queue.eventIdx = eventIdx;
+    // vhost-user "Ring states": without PROTOCOL_FEATURES a ring starts enabled.
+    if ((features & VirtioFeature.PROTOCOL_FEATURES) === 0n) {
+      for (const v of this.#vrings) this.#setEnabled(v, true);
+    }
+  }
+
+  #setProtocolFeatures(features: bigint): void {
+    const extra = features & ~this.#offeredProtocol;
+    if (extra !== 0n) throw new VhostUserRequestError(`SET_PROTOCOL_FEATURES acks bits 0x${extra.toString(16)} that were never offered`);
+    this.#protocolFeatures = features;
+  }
+
+  /** Deprecated by the spec; treated as a device reset that also gives up ownership. */
+  #resetOwner(): void {
+    this.#log.info('RESET_OWNER: resetting the device');
+    this.#resetRings();
+    this.#owner = false;
+  }
+
+  /** "Disable all rings and reset all internal device state"; ownership and memory stay. */
+  #resetDevice(): void {
+    if (!this.#has(ProtocolFeature.RESET_DEVICE)) throw new VhostUserRequestError('RESET_DEVICE without the RESET_DEVICE protocol feature');
+    this.#log.info('RESET_DEVICE');
+    this.#resetRings();
+  }
+
+  #resetRings(): void {
+    for (const v of this.#vrings) {
+      this.#releaseVring(v);
+      v.queue.reset();
+      v.enabled = v.addressesSet = false;
+    }
+    this.#features = 0n;
+    this.#device.reset?.();
+  }
+
+  #setMemTable(m: VhostUserMessage): void {
+    const regions = readMemoryTable(m.payload);
+    if (m.fds.length !== regions.length) {
+      throw new VhostUserProtocolError(`SET_MEM_TABLE describes ${regions.length} regions but carries ${m.fds.length} fds`);
+    }
+    const fds = m.fds.splice(0);
+    memoryOp(() => this.#memory.replace(regions.map((desc, i) => ({ desc, fd: fds[i] }))));
+    this.#remapRings();
+  }
+
+  /** ADD_MEM_REG: { le64 padding; VhostUserMemoryRegion region; } + the region's fd. */
+  #addMemReg(m: VhostUserMessage): void {
+    const desc = readMemoryRegion(m.payload, 8);
+    const fd = m.fds.splice(0)[0];
+    memoryOp(() => this.#memory.add(desc, fd));
+    this.#remapRings();
+  }
+
+  #remMemReg(m: VhostUserMessage): void {
+    const desc = readMemoryRegion(m.payload, 8);
+    if (!this.#memory.remove(desc.guestPhysAddr, desc.size)) {
+      throw new VhostUserRequestError(`REM_MEM_REG: no region at GPA 0x${desc.guestPhysAddr.toString(16)} of size 0x${desc.size.toString(16)}`, ENOENT);
+    }
+    this.#remapRings();
+  }
+
+  #setVringNum(m: VhostUserMessage): void {
+    const { index, num } = readVringState(m.payload);
+    const v = this.#stoppedVring(index, 'SET_VRING_NUM');
+    configOp(() => v.queue.setSize(num));
+  }
+
+  #setVringAddr(m: VhostUserMessage): void {
+    const a = readVringAddr(m.payload);
+    const v = this.#vring(a.index);
+    if (a.flags & VRING_F_LOG) throw new VhostUserRequestError(`vring ${a.index}: used-ring logging requested, but LOG_ALL is not offered`, ENOTSUP);
+    configOp(() => v.queue.setAddresses({ desc: a.desc, avail: a.avail, used: a.used }, 'frontend'));
+    v.addressesSet = true;
+    // Translate now when we can so a bad address is refused on the message that carried it.
+    if (v.queue.size > 0 && this.#memory.regions.length > 0) configOp(() => v.queue.resolve(!v.started));
+  }
+
+  #setVringBase(m: VhostUserMessage): void {
+    const { index, num } = readVringState(m.payload);
+    const v = this.#stoppedVring(index, 'SET_VRING_BASE');
+    configOp(() => v.queue.setBase(num));
+  }
+
+  /** Stops the ring and reports where the device would continue (vhost-user "Ring states"). */
+  #getVringBase(m: VhostUserMessage): Buffer {
+    const { index } = readVringState(m.payload);
+    const v = this.#vring(index);
+    this.#stopVring(v);
+    return encodeVringState({ index, num: v.queue.nextAvail });
+  }
+
+  #setVringKick(m: VhostUserMessage): void {
+    const { index, noFd } = this.#vringFdPayload(m);
+    const v = this.#vring(index);
+    if (noFd) throw new VhostUserRequestError(`vring ${index}: polling mode (kick without an fd) is not supported`, ENOTSUP);
+    this.#stopVring(v);
+    v.kickFd = m.fds.splice(0)[0];
+    v.started = true;
+    if (v.addressesSet && v.queue.size > 0) configOp(() => v.queue.resolve(true));
+    this.#run(v);
+  }
+
+  #setVringFd(m: VhostUserMessage, which: 'callFd' | 'errFd'): void {
+    const { index, noFd } = this.#vringFdPayload(m);
+    const v = this.#vring(index);
+    native.closeQuietly(v[which]);
+    v[which] = noFd ? -1 : m.fds.splice(0)[0];
+  }
+
+  /** The u64 of SET_VRING_KICK/CALL/ERR, with its fd count checked against the no-fd bit. */
+  #vringFdPayload(m: VhostUserMessage): { index: number; noFd: boolean } {
+    const p = readVringFdPayload(m.payload);
+    if (m.fds.length !== (p.noFd ? 0 : 1)) {
+      throw new VhostUserProtocolError(`${requestName(m.request)}: ${m.fds.length} fds with the no-fd flag ${p.noFd ? 'set' : 'clear'}`);
+    }
+    return p;
+  }
+
+  #setVringEnable(m: VhostUserMessage): void {
+    const { index, num } = readVringState(m.payload);
+    const v = this.#vring(index);
+    if ((this.#features & VirtioFeature.PROTOCOL_FEATURES) === 0n) {
+      throw new VhostUserRequestError('SET_VRING_ENABLE needs VHOST_USER_F_PROTOCOL_FEATURES negotiated');
+    }
+    if (num > 1) throw new VhostUserRequestError(`SET_VRING_ENABLE ${num}: expected 0 or 1`);
+    this.#setEnabled(v, num === 1);
+  }
+
+  #setBackendReqFd(m: VhostUserMessage): void {
+    if (!this.#has(ProtocolFeature.BACKEND_REQ)) throw new VhostUserRequestError('SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature');
+    this.#backend?.close();
+    const fd = m.fds.splice(0)[0];
+    this.#backend = new BackendChannel(fd, {
+      replyAck: () => this.#has(ProtocolFeature.REPLY_ACK),
+      logger: this.#log,
+      timeoutMs: this.#backendTimeoutMs,
+    });
+  }
+
+  /** GET_CONFIG: the requested slice of the config space; an empty payload signals failure. */
+  #getConfig(m: VhostUserMessage): Buffer {
+    const c = readConfig(m.payload);
+    const ok = this.#config !== null && this.#has(ProtocolFeature.CONFIG) && c.data.length === c.size && c.offset + c.size <= FS_CONFIG_SIZE;
+    if (!ok) {
+      this.#log.warn({ offset: c.offset, size: c.size, tagged: this.#config !== null }, 'GET_CONFIG refused');
+      return Buffer.alloc(0);
+    }
+    return encodeConfig({ ...c, data: (this.#config as Buffer).subarray(c.offset, c.offset + c.size) });
+  }
+
+  // ---- vrings --------------------------------------------------------------------
+
+  #newVring(index: number): Vring {
+    let v: Vring | null = null;
+    const queue = new Virtqueue({ index, memory: this.#memory, logger: this.#log, notify: () => this.#notify(v as Vring) });
+    v = new Vring(queue);
+    return v;
+  }
+
+  #vring(index: number): Vring {
+    const v = this.#vrings[index];
+    if (v === undefined) throw new VhostUserRequestError(`vring index ${index} is out of range (${this.#vrings.length} queues)`);
+    return v;
+  }
+
+  #stoppedVring(index: number, what: string): Vring {
+    const v = this.#vring(index);
+    if (v.started) throw new VhostUserRequestError(`${what} on vring ${index} while it is started (stop it with GET_VRING_BASE first)`);
+    return v;
+  }
+
+  #setEnabled(v: Vring, enabled: boolean): void {
+    v.enabled = enabled;
+    this.#run(v);
+  }
+
+  /** Watches the kick fd exactly while the ring is started and enabled; drains once on start. */
+  #run(v: Vring): void {
+    if (this.#closed) return;
+    if (!(v.started && v.enabled)) {
+      v.watcher?.stop();
+      return;
+    }
+    if (v.watcher === null) v.watcher = new native.FdWatcher(v.kickFd, () => this.#onKick(v));
+    v.watcher.start();
+    // Chains may already be waiting (a restarted ring, or a kick sent before enable).
+    this.#scheduleDrain(v);
+  }
+
+  #onKick(v: Vring): void {
+    try {
+      native.eventfdRead(v.kickFd);
+    } catch (e) {
+      this.#log.error({ queue: v.queue.index, err: errText(e) }, 'reading the kick eventfd failed; stopping the queue');
+      v.watcher?.stop();
+      return;
+    }
+    this.#drain(v);
+  }
+
+  #drain(v: Vring): void {
+    if (!(v.started && v.enabled) || this.#closed) return;
+    const r = v.queue.drain(this.#device.handler);
+    if (r.error !== null) return this.#broken(v, r.error);
+    if (r.more) this.#scheduleDrain(v);
+  }
+
+  #scheduleDrain(v: Vring): void {
+    if (v.pendingDrain !== null) return;
+    v.pendingDrain = setImmediate(() => {
+      v.pendingDrain = null;
+      this.#drain(v);
+    });
+  }
+
+  #broken(v: Vring, err: ClosurefsError): void {
+    this.#log.error({ queue: v.queue.index, code: err.code, rule: (err as { rule?: string }).rule, err: err.message }, 'virtqueue broken; stopped processing it');
+    v.watcher?.stop();
+    if (v.errFd >= 0) {
+      try {
+        native.eventfdWrite(v.errFd, 1);
+      } catch {
+        /* the frontend closed its err eventfd: the log line is all we can do */
+      }
+    }
+  }
+
+  #notify(v: Vring): void {
+    if (v.callFd < 0) return;
+    try {
+      native.eventfdWrite(v.callFd, 1);
+    } catch (e) {
+      this.#log.warn({ queue: v.queue.index, err: errText(e) }, 'writing the call eventfd failed');
+    }
+  }
+
+  /** GET_VRING_BASE, a new kick fd, or close: stop watching and drop the kick fd. */
+  #stopVring(v: Vring): void {
+    v.started = false;
+    v.watcher?.close();
+    v.watcher = null;
+    if (v.pendingDrain !== null) clearImmediate(v.pendingDrain);
+    v.pendingDrain = null;
+    native.closeQuietly(v.kickFd);
+    v.kickFd = -1;
+  }
+
+  #releaseVring(v: Vring): void {
+    this.#stopVring(v);
+    native.closeQuietly(v.callFd);
+    native.closeQuietly(v.errFd);
+    v.callFd = v.errFd = -1;
+  }
+
+  /** After a memory-table change every ring view must be translated again. */
+  #remapRings(): void {
+    for (const v of this.#vrings) {
+      if (!v.addressesSet || v.queue.size === 0) continue;
+      try {
+        v.queue.resolve(false);
+      } catch (e) {
+        this.#log.warn({ queue: v.queue.index, err: errText(e) }, 'ring addresses are not covered by the new memory table');
+      }
+    }
+  }
+}
+
+function checkDevice(d: VhostUserDevice): void {
+  if (!Number.isInteger(d.numQueues) || d.numQueues < 1 || d.numQueues > 256) {
+    throw new RangeError(`numQueues ${d.numQueues} must be in [1, 256]: vring indices are 8 bits on the wire`);
+  }
+}
+
+/** The virtio-fs config space: the tag, NUL-padded, then the request queue count. */
+function fsConfig(tag: string, requestQueues: number): Buffer {
+  const bytes = Buffer.from(tag, 'utf8');
+  if (bytes.length === 0 || bytes.length > FS_TAG_SIZE) throw new RangeError(`tag "${tag}" must be 1 to ${FS_TAG_SIZE} bytes`);
+  const b = Buffer.alloc(FS_CONFIG_SIZE);
+  bytes.copy(b);
+  b.writeUInt32LE(requestQueues, FS_TAG_SIZE);
+  return b;
+}
+
+/** Memory-table errors are the frontend's bad request, not a broken stream. */
+function memoryOp(f: () => void): void {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof MemoryTableError) throw new VhostUserRequestError(e.message, EINVAL, { cause: e });
+    if (e instanceof Error && 'errno' in e) throw new VhostUserRequestError(`mapping guest memory failed: ${e.message}`, EINVAL, { cause: e });
+    throw e;
+  }
+}
+
+function configOp(f: () => void): void {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof VirtqueueConfigError) throw new VhostUserRequestError(e.message, EINVAL, { cause: e });
+    throw e;
+  }
+}
+
+function errText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,313 @@
+/**
+ * The device side of a split virtqueue (VIRTIO 1.2 §2.7).
+ *
+ * Ring layouts (little endian), sizes include the EVENT_IDX fields:
+ *   descriptor table  16 * size          align 16
+ *   available ring    le16 flags; le16 idx; le16 ring[size]; le16 used_event    align 2
+ *   used ring         le16 flags; le16 idx; {le32 id; le32 len} ring[size]; le16 avail_event   align 4
+ *
+ * The queue knows nothing about sockets or eventfds: it is configured, then
+ * drained by its owner, and asks for a notification through `notify`.
+ * drain() never throws: a ring that breaks a rule is marked broken (and stays
+ * so until reset) and the error is handed back for the owner to log.
+ */
+import * as native from '../native';
+import type { RequestHandler } from '../io';
+import { ClosurefsError } from '../errors';
+import { GuestMemory } from './guest-memory';
+import { AvailRingError, VirtqueueConfigError } from './errors';
+import { DESCRIPTOR_SIZE, walkChain, type DescriptorChain } from './chain';
+import { silentLogger, type Logger } from './logger';
+
+export const MAX_QUEUE_SIZE = 32768;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+/** Where the three parts of a ring are, in one address space. */
+export interface RingAddresses {
+  readonly desc: number;
+  readonly avail: number;
+  readonly used: number;
+}
+
+/** GPAs (a driver-side test harness) or the frontend's virtual addresses (SET_VRING_ADDR). */
+export type AddressSpace = 'guest' | 'frontend';
+
+export interface VirtqueueOptions {
+  readonly index: number;
+  readonly memory: GuestMemory;
+  /** Signals the driver (writes the call eventfd). */
+  readonly notify: () => void;
+  readonly logger?: Logger;
+}
+
+export interface DrainResult {
+  /** Chains completed by this call. */
+  readonly completed: number;
+  /** True when the budget ran out with chains still available: drain again soon. */
+  readonly more: boolean;
+  readonly notified: boolean;
+  /** The error that broke the queue during this call, if it did. */
+  readonly error: ClosurefsError | null;
+}
+
+const IDLE: DrainResult = { completed: 0, more: false, notified: false, error: null };
+
+/** Byte sizes of the ring parts for a queue of `size` entries. */
+export function ringSizes(size: number): { desc: number; avail: number; used: number } {
+  return { desc: DESCRIPTOR_SIZE * size, avail: 6 + 2 * size, used: 6 + 8 * size };
+}
+
+export function isValidQueueSize(size: number): boolean {
+  return Number.isInteger(size) && size > 0 && size <= MAX_QUEUE_SIZE && (size & (size - 1)) === 0;
+}
+
+export class Virtqueue {
+  readonly index: number;
+  #memory: GuestMemory;
+  #notify: () => void;
+  #log: Logger;
+  #size = 0;
+  #addresses: { addrs: RingAddresses; space: AddressSpace } | null = null;
+  #desc: Buffer | null = null;
+  #avail: Buffer | null = null;
+  #used: Buffer | null = null;
+  /** EVENT_IDX negotiated: use used_event/avail_event instead of the flags (§2.7.7, §2.7.10). */
+  eventIdx = false;
+  #nextAvail = 0;
+  #nextUsed = 0;
+  #broken: ClosurefsError | null = null;
+
+  constructor(opts: VirtqueueOptions) {
+    this.index = opts.index;
+    this.#memory = opts.memory;
+    this.#notify = opts.notify;
+    this.#log = opts.logger ?? silentLogger;
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Index of the next available-ring entry the device will read (GET_VRING_BASE). */
+  get nextAvail(): number {
+    return this.#nextAvail;
+  }
+
+  get nextUsed(): number {
+    return this.#nextUsed;
+  }
+
+  get broken(): ClosurefsError | null {
+    return this.#broken;
+  }
+
+  /** Size set and all three rings translated to views of guest memory. */
+  get ready(): boolean {
+    return this.#desc !== null && this.#desc.length > 0;
+  }
+
+  /** Queue Size must be a power of two no larger than 32768 (§2.7). */
+  setSize(size: number): void {
+    if (!isValidQueueSize(size)) {
+      throw new VirtqueueConfigError(`queue ${this.index}: size ${size} is not a power of two in [1, ${MAX_QUEUE_SIZE}]`);
+    }
+    this.#size = size;
+    this.#unmapRings();
+  }
+
+  /** Where the rings are. Checked for alignment now, translated by resolve(). */
+  setAddresses(addrs: RingAddresses, space: AddressSpace): void {
+    checkAlignment(this.index, addrs);
+    this.#addresses = { addrs, space };
+    this.#unmapRings();
+  }
+
+  /** The first available-ring index to process (SET_VRING_BASE). */
+  setBase(nextAvail: number): void {
+    if (!Number.isInteger(nextAvail) || nextAvail < 0 || nextAvail > 0xffff) {
+      throw new VirtqueueConfigError(`queue ${this.index}: base ${nextAvail} is not a 16-bit ring index`);
+    }
+    this.#nextAvail = nextAvail;
+  }
+
+  /**
+   * Translates the ring addresses into views of guest memory, each of which must
+   * lie inside one region. Called when addresses, size or the memory table change.
+   * With `syncUsed` the used index is read back from the ring (a (re)started
+   * queue continues where the used ring says it is).
+   */
+  resolve(syncUsed = false): void {
+    this.#unmapRings();
+    if (this.#size === 0) throw new VirtqueueConfigError(`queue ${this.index}: size is not set`);
+    if (this.#addresses === null) throw new VirtqueueConfigError(`queue ${this.index}: ring addresses are not set`);
+    const { addrs, space } = this.#addresses;
+    const sizes = ringSizes(this.#size);
+    const at = (addr: number, len: number, what: string): Buffer => {
+      try {
+        return space === 'guest' ? this.#memory.slice(addr, len) : this.#memory.sliceFrontend(addr, len);
+      } catch (e) {
+        throw new VirtqueueConfigError(`queue ${this.index}: ${what} ring: ${(e as Error).message}`, { cause: e });
+      }
+    };
+    const desc = at(addrs.desc, sizes.desc, 'descriptor');
+    this.#avail = at(addrs.avail, sizes.avail, 'available');
+    this.#used = at(addrs.used, sizes.used, 'used');
+    this.#desc = desc;
+    if (syncUsed) this.#nextUsed = this.#used.readUInt16LE(2);
+  }
+
+  /** Back to the state of a new queue (RESET_DEVICE, RESET_OWNER). */
+  reset(): void {
+    this.#unmapRings();
+    this.#size = 0;
+    this.#addresses = null;
+    this.#nextAvail = 0;
+    this.#nextUsed = 0;
+    this.#broken = null;
+    this.eventIdx = false;
+  }
+
+  /**
+   * Serves every available chain (up to `size` per call, so one busy queue cannot
+   * starve the event loop), publishes the used entries, re-enables kicks and
+   * re-checks the available ring after a fence so a chain added meanwhile is not
+   * left without a kick, then notifies the driver at most once.
+   */
+  drain(handler: RequestHandler): DrainResult {
+    if (this.#broken !== null || !this.ready) return IDLE;
+    const oldUsed = this.#nextUsed;
+    let completed = 0;
+    try {
+      for (;;) {
+        completed += this.#serveAvailable(handler, this.#size - completed);
+        this.#publishUsed();
+        this.#enableKicks();
+        // Store-load barrier: avail_event / used idx must be visible before we
+        // look at avail idx again, or the driver and we could both skip a kick.
+        native.fence();
+        const empty = this.#availIdx() === this.#nextAvail;
+        if (empty || completed >= this.#size) return this.#finish(oldUsed, completed, !empty);
+      }
+    } catch (e) {
+      return this.#fail(e, oldUsed, completed);
+    }
+  }
+
+  /** Called after the fence of drain(): used_event / flags are read after used idx was published. */
+  #finish(oldUsed: number, completed: number, more: boolean): DrainResult {
+    const notified = this.#notifyIfNeeded(oldUsed);
+    return { completed, more, notified, error: null };
+  }
+
+  #fail(e: unknown, oldUsed: number, completed: number): DrainResult {
+    const error = e instanceof ClosurefsError ? e : new ClosurefsError(`queue ${this.index}: ${String(e)}`, { cause: e });
+    this.#broken = error;
+    let notified = false;
+    try {
+      // Chains completed before the bad one still get their replies.
+      this.#publishUsed();
+      native.fence();
+      notified = this.#notifyIfNeeded(oldUsed);
+    } catch {
+      /* the rings themselves are gone: nothing more to tell the driver */
+    }
+    return { completed, more: false, notified, error };
+  }
+
+  /** Pops and serves chains until the ring is empty or `budget` is spent. */
+  #serveAvailable(handler: RequestHandler, budget: number): number {
+    const avail = this.#avail as Buffer;
+    const mask = this.#size - 1;
+    const availIdx = this.#availIdx();
+    let n = 0;
+    while (n < budget && this.#nextAvail !== availIdx) {
+      const head = avail.readUInt16LE(4 + 2 * (this.#nextAvail & mask));
+      if (head >= this.#size) {
+        throw new AvailRingError(`queue ${this.index}: available ring entry ${this.#nextAvail} names head ${head}, outside a table of ${this.#size}`);
+      }
+      const chain = walkChain(this.#memory, this.#desc as Buffer, this.#size, head);
+      this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
+      this.#addUsed(head, this.#serveChain(handler, chain));
+      n++;
+    }
+    return n;
+  }
+
+  /** Runs the handler; a throwing handler is a bug above us, logged, and the chain completes empty. */
+  #serveChain(handler: RequestHandler, chain: DescriptorChain): number {
+    let written: number;
+    try {
+      written = handler.handle(this.index, chain);
+    } catch (e) {
+      this.#log.error({ err: e, queue: this.index, head: chain.head }, 'request handler threw; completing the chain with no reply bytes');
+      return 0;
+    }
+    if (!Number.isInteger(written) || written < 0 || written > chain.writableBytes) {
+      this.#log.error({ queue: this.index, head: chain.head, written, room: chain.writableBytes }, 'request handler reported an impossible used length; clamped');
+      return Number.isInteger(written) && written > 0 ? chain.writableBytes : 0;
+    }
+    return written;
+  }
+
+  /** Reads avail idx; a driver never makes more than `size` entries available ahead of us. */
+  #availIdx(): number {
+    const idx = (this.#avail as Buffer).readUInt16LE(2);
+    const ahead = (idx - this.#nextAvail) & 0xffff;
+    if (ahead > this.#size) {
+      throw new AvailRingError(`queue ${this.index}: avail idx ${idx} is ${ahead} entries ahead of ${this.#nextAvail}, more than the queue size ${this.#size}`);
+    }
+    return idx;
+  }
+
+  #addUsed(head: number, len: number): void {
+    const used = this.#used as Buffer;
+    const off = 4 + 8 * (this.#nextUsed & (this.#size - 1));
+    used.writeUInt32LE(head, off);
+    used.writeUInt32LE(len, off + 4);
+    this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
+  }
+
+  #publishUsed(): void {
+    const used = this.#used as Buffer;
+    if (used.readUInt16LE(2) === this.#nextUsed) return;
+    // Write barrier: the entries must be visible before the index that publishes them.
+    native.fence();
+    used.writeUInt16LE(this.#nextUsed, 2);
+  }
+
+  /** With EVENT_IDX, avail_event tells the driver which avail idx should kick us next. */
+  #enableKicks(): void {
+    if (!this.eventIdx) return;
+    (this.#used as Buffer).writeUInt16LE(this.#nextAvail, 4 + 8 * this.#size);
+  }
+
+  /** §2.7.7.2: signal when used idx passed used_event (EVENT_IDX), else unless NO_INTERRUPT. */
+  #notifyIfNeeded(oldUsed: number): boolean {
+    const newUsed = this.#nextUsed;
+    if (newUsed === oldUsed) return false;
+    const avail = this.#avail as Buffer;
+    const need = this.eventIdx
+      ? needEvent(avail.readUInt16LE(4 + 2 * this.#size), newUsed, oldUsed)
+      : (avail.readUInt16LE(0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    if (need) this.#notify();
+    return need;
+  }
+
+  #unmapRings(): void {
+    this.#desc = this.#avail = this.#used = null;
+  }
+}
+
+/** vring_need_event: did the index move from `old` to `next` across `event`? (mod 2^16) */
+export function needEvent(event: number, next: number, old: number): boolean {
+  return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
+}
+
+function checkAlignment(index: number, a: RingAddresses): void {
+  const rules: [string, number, number][] = [['descriptor table', a.desc, 16], ['available ring', a.avail, 2], ['used ring', a.used, 4]];
+  for (const [what, addr, align] of rules) {
+    if (!Number.isSafeInteger(addr) || addr < 0) throw new VirtqueueConfigError(`queue ${index}: ${what} address ${addr} is not an address`);
+    if (addr % align !== 0) throw new VirtqueueConfigError(`queue ${index}: ${what} at 0x${addr.toString(16)} is not ${align}-byte aligned`);
+  }
+}
