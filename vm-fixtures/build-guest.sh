@@ -7,7 +7,7 @@
 #   CFS-BEGIN                    start of the script's output (stdout+stderr)
 #   ...                          the script's output
 #   CFS-EXIT <status>            the script's exit status
-#   CFS-KLOG-BEGIN / -END        kernel warnings and errors logged while the guest ran (levels 0-4)
+#   CFS-KLOG-BEGIN / -END        kernel warnings and errors (levels 0-4) logged from the mount on
 #
 # then powers off. Kernel command line parameters read by /init:
 #   cfs.tag=TAG            virtio-fs tag to mount (default: store)
@@ -140,15 +140,19 @@ for m in $(cat /etc/cfs-modules); do
   insmod "/lib/modules/$m.ko" || echo "CFS-WARN insmod $m failed"
 done
 
-# virtio devices probe asynchronously after insmod; the mount fails with ENODEV/ENOENT until the tag exists.
+# Kernel warnings from here on (the mount and the script) are reported after the script; boot noise is not.
+klog_mark=$(dmesg -r | wc -l)
+
+# virtio devices probe asynchronously after insmod: wait (up to 5 s) until the virtiofs driver has bound a
+# device, then mount exactly once, so a mount that fails for a real reason fails fast and says why.
 mkdir -p "$mountpoint"
-i=0 rc=1
-while [ $i -lt 50 ]; do
-  mount -t virtiofs -o "ro${mountopts:+,$mountopts}" "$tag" "$mountpoint" 2>/tmp/mount.err && { rc=0; break; }
-  rc=$?
+i=0
+while [ $i -lt 100 ] && ! ls /sys/bus/virtio/drivers/virtiofs/ 2>/dev/null | grep -q '^virtio'; do
   i=$((i + 1))
-  sleep 0.1
+  sleep 0.05
 done
+mount -t virtiofs -o "ro${mountopts:+,$mountopts}" "$tag" "$mountpoint" 2>/tmp/mount.err
+rc=$?
 if [ $rc = 0 ]; then echo "CFS-MOUNT ok"; else echo "CFS-MOUNT failed $rc $(cat /tmp/mount.err)"; fi
 
 # Keep kernel messages off the console while the script runs, so its output is exactly the script's; the
@@ -164,7 +168,7 @@ else
 fi
 echo "CFS-EXIT $status"
 echo CFS-KLOG-BEGIN
-dmesg -r | grep '^<[0-4]>' | sed 's/^<[0-9]>//'
+dmesg -r | tail -n +$((klog_mark + 1)) | grep '^<[0-4]>' | sed 's/^<[0-9]>//'
 echo CFS-KLOG-END
 sync
 poweroff -f

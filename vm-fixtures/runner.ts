@@ -64,6 +64,11 @@ export interface GuestResult {
   kernelLog: string;
   /** True when the guest was killed for exceeding timeoutMs. */
   timedOut: boolean;
+  /**
+   * True when QEMU reported that the vhost-user backend went away before the guest finished; the guest is
+   * then stopped a few seconds later instead of hanging on its pending FUSE requests until timeoutMs.
+   */
+  backendLost: boolean;
   /** QEMU's stderr (warnings, vhost-user errors). */
   qemuStderr: string;
   /** The full command that was run, for reproducing a failure by hand. */
@@ -314,6 +319,8 @@ export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
       let finished = false;
       let deadline: NodeJS.Timeout | undefined;
       let afterExit: NodeJS.Timeout | undefined;
+      let backendLost = false;
+      let lostTimer: NodeJS.Timeout | undefined;
 
       const armDeadline = (): void => {
         // Backstop in case `timeout` itself misbehaves: a little after its own limit, TERM the chain.
@@ -340,6 +347,13 @@ export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
           stderr = stderr.replace(START_MARK, '');
           armDeadline();
         }
+        // QEMU 7.2's wording when the backend's socket hits EOF (or a read fails); without a backend the
+        // guest's requests never complete, so waiting for the full timeout would only slow a failing test.
+        if (!backendLost && /Unexpected end-of-file before all data were read|Failed to read msg header/.test(stderr)
+            && !consoleText.includes('CFS-KLOG-END')) {
+          backendLost = true;
+          lostTimer = setTimeout(killGroup, 3_000);
+        }
       });
       child.on('error', (err) => {
         finished = true;
@@ -351,6 +365,7 @@ export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
         finished = true;
         if (deadline !== undefined) clearTimeout(deadline);
         if (afterExit !== undefined) clearTimeout(afterExit);
+        if (lostTimer !== undefined) clearTimeout(lostTimer);
         // coreutils timeout exits 124 when it had to stop QEMU.
         if (code === 124 || code === 137) timedOut = true;
         const text = consoleText.replace(/\r\n/g, '\n').replace(/\r/g, '');
@@ -367,6 +382,7 @@ export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
           mounted: parsed.mounted,
           kernelLog: parsed.kernelLog,
           timedOut,
+          backendLost,
           qemuStderr: stderr,
           command: timeoutCmd,
         });
@@ -381,7 +397,8 @@ export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
 export function describeRun(r: GuestResult): string {
   const tail = r.console.split('\n').slice(-40).join('\n');
   return [
-    `exitStatus=${String(r.exitStatus)} mounted=${String(r.mounted)} timedOut=${String(r.timedOut)} durationMs=${r.durationMs}`,
+    `exitStatus=${String(r.exitStatus)} mounted=${String(r.mounted)} timedOut=${String(r.timedOut)} ` +
+      `backendLost=${String(r.backendLost)} durationMs=${r.durationMs}`,
     `command: ${r.command.join(' ')}`,
     r.qemuStderr.trim() === '' ? '' : `qemu stderr:\n${r.qemuStderr.trim()}`,
     r.kernelLog.trim() === '' ? '' : `kernel log:\n${r.kernelLog.trim()}`,
