@@ -65,8 +65,17 @@ fi
 # as root, download as root instead of opening the directory up.
 sandbox_opt=()
 [ "$(id -u)" = 0 ] && sandbox_opt=(-o APT::Sandbox::User=root)
-(cd "$work/debs" && apt-get download -qq "${sandbox_opt[@]}" "$kpkg" busybox-static) >"$log" 2>&1 \
-  || { cat "$log" >&2; die "apt-get download $kpkg busybox-static failed"; }
+download() { (cd "$work/debs" && apt-get download -qq "${sandbox_opt[@]}" "$kpkg" busybox-static) >"$log" 2>&1; }
+if ! download; then
+  # Stale lists name package versions the mirror has already dropped (404): refresh once and retry.
+  if [ "$(id -u)" = 0 ] && apt-get update -qq >>"$log" 2>&1; then
+    kpkg="$(pick_kernel)"
+    [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-cloud-amd64 package known to apt after apt-get update"
+    download || { cat "$log" >&2; die "apt-get download $kpkg busybox-static failed"; }
+  else
+    cat "$log" >&2; die "apt-get download $kpkg busybox-static failed"
+  fi
+fi
 
 for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/x"; done
 
