@@ -1,0 +1,134 @@
+/**
+ * closurefs entry point: parse flags, load and check the closure, listen, and per
+ * frontend connection wire session -> FUSE server -> closure view. Every failure a
+ * user can act on ends with one message naming the problem and a documented exit
+ * status (see --help).
+ */
+import * as fs from 'node:fs';
+import { EXIT, DaemonOptions, UsageError, parseArgs } from './cli-options';
+import { Daemon, SocketSetupError, openListener } from './daemon';
+import { isErrnoError } from './errors';
+import { FuseServer } from './fuse';
+import { Logger, createLogger } from './log';
+import { ClosureInputError, ClosureView, loadClosure } from './store';
+import { VhostUserSession } from './vhost-user';
+
+/** What `--print-capabilities` prints (vhost-user "Backend program conventions"). */
+export const CAPABILITIES = { type: 'fs' };
+
+class StoreDirError extends Error {}
+
+function checkStoreDir(storeDir: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(storeDir);
+    fs.accessSync(storeDir, fs.constants.R_OK | fs.constants.X_OK);
+  } catch (e) {
+    throw new StoreDirError(`store directory ${storeDir} is not readable: ${isErrnoError(e) ? e.code : (e as Error).message}`);
+  }
+  if (!st.isDirectory()) throw new StoreDirError(`store directory ${storeDir} is not a directory`);
+}
+
+/** A fresh view and FUSE server per frontend: node and handle tables belong to one guest mount. */
+function startSession(fd: number, opts: DaemonOptions, paths: readonly string[], logger: Logger): VhostUserSession {
+  const view = new ClosureView({ storeDir: opts.storeDir, paths, maxHandles: opts.maxOpenFiles, logger });
+  const server = new FuseServer(view, { cache: opts.cache, logger });
+  const session = new VhostUserSession(
+    fd,
+    { numQueues: 1 + opts.numRequestQueues, tag: opts.tag, handler: server },
+    { logger },
+  );
+  session.once('close', () => view.close());
+  return session;
+}
+
+function fail(status: number, message: string): number {
+  process.stderr.write(`closurefs: ${message}\n`);
+  return status;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv);
+  } catch (e) {
+    if (e instanceof UsageError) return fail(EXIT.USAGE, `${e.message}\nTry 'closurefs --help'.`);
+    throw e;
+  }
+  if (parsed.kind === 'exit') {
+    process.stdout.write(parsed.output);
+    return parsed.status;
+  }
+  if (parsed.kind === 'capabilities') {
+    process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
+    return EXIT.OK;
+  }
+  return serve(parsed.options);
+}
+
+async function serve(opts: DaemonOptions): Promise<number> {
+  const logger = createLogger(opts.logLevel);
+  if (opts.ignored.length > 0) {
+    logger.info({ flags: opts.ignored }, 'accepted for compatibility; no effect on an immutable read-only store');
+  }
+  let paths: string[];
+  let listener;
+  try {
+    checkStoreDir(opts.storeDir);
+    paths = loadClosure({
+      files: opts.closureFiles,
+      of: opts.closureOf,
+      storeDir: opts.storeDir,
+      allowMissing: opts.allowMissing,
+      warn: (m) => logger.warn(m),
+    });
+    listener = openListener(opts);
+  } catch (e) {
+    if (e instanceof StoreDirError) return fail(EXIT.STORE, e.message);
+    if (e instanceof ClosureInputError) return fail(EXIT.CLOSURE, e.message);
+    if (e instanceof SocketSetupError) return fail(EXIT.SOCKET, e.message);
+    throw e;
+  }
+  const daemon = new Daemon(listener, { persist: opts.persist, logger, startSession: (fd) => startSession(fd, opts, paths, logger) });
+  const exited = new Promise<void>((resolve) => daemon.once('exit', resolve));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => daemon.stop(signal));
+  daemon.start();
+  logger.info(
+    { paths: paths.length, storeDir: opts.storeDir, socket: opts.socketPath ?? `fd ${opts.fd}`, queues: opts.numRequestQueues, cache: opts.cache },
+    'closurefs ready',
+  );
+  logClosureSize(opts, paths, logger);
+  await exited;
+  return EXIT.OK;
+}
+
+/**
+ * The closure's file count and size, for the startup summary. Walked after the
+ * socket is listening, so a large closure does not delay readiness; a VMM that
+ * connects meanwhile waits in the listen backlog.
+ */
+function logClosureSize(opts: DaemonOptions, paths: readonly string[], logger: Logger): void {
+  if (!logger.isLevelEnabled('info')) return;
+  setImmediate(() => {
+    const view = new ClosureView({ storeDir: opts.storeDir, paths });
+    try {
+      const s = view.closureStats();
+      logger.info({ paths: paths.length, files: s.files, bytes: s.blocks * 4096 }, 'closure size');
+    } finally {
+      view.close();
+    }
+  });
+}
+
+/** Runs main and exits with its status (bin/closurefs and `node dist/src/cli.js`). */
+export function run(argv: readonly string[]): void {
+  main(argv).then(
+    (status) => process.exit(status),
+    (e) => {
+      process.stderr.write(`closurefs: internal error: ${(e as Error).stack ?? String(e)}\n`);
+      process.exit(EXIT.INTERNAL);
+    },
+  );
+}
+
+if (require.main === module) run(process.argv.slice(2));
