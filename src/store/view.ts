@@ -1,0 +1,522 @@
+/**
+ * The closure view: a read-only FileSystem whose root lists exactly the closure's
+ * store paths and whose subtrees are the host's store paths as they are.
+ *
+ * Containment: every host access is either a single-component *at() call relative
+ * to a directory fd of ours, or an openat2() from the store directory fd with
+ * RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS and O_NOFOLLOW, so no host symlink is ever
+ * followed and nothing outside the store directory is reachable. Which store paths
+ * are reachable is decided at the root: only closure basenames resolve there.
+ *
+ * Leaks: the guest sees the view's own inode numbers, uid/gid 0, canonical modes,
+ * nlink 1 for files and symlinks, mtime for all three times, blocks from size,
+ * and a statfs describing the closure. Directories report the host's nlink: a
+ * directory cannot be hard-linked, so its count (2 + subdirectories on ext4, 1 on
+ * btrfs) only describes its own store path.
+ *
+ * Resources: nodes hold paths, not fds. Held fds are the store directory, a small
+ * LRU of directory O_PATH fds, and one fd per open file handle (capped).
+ */
+import { readvSync } from 'node:fs';
+import type { Attr, KStatfs } from '../fuse/abi';
+import { Errno, FsError } from '../fuse/errno';
+import { FileSystem, opensForWrite, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type RequestContext } from '../fuse/filesystem';
+import type { FuseLogger } from '../fuse/server';
+import * as native from '../native';
+import { HandleTable, Lru } from './handles';
+import { identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Node, type NodeKind } from './nodes';
+
+const c = native.constants;
+
+export interface ClosureViewOptions {
+  /** Host directory holding the store paths (a chroot store's `<root>/nix/store`). */
+  storeDir: string;
+  /** The closure: store path basenames (`<hash>-<name>`), validated by the caller (see closure-input). */
+  paths: readonly string[];
+  /** Open file and directory handles at once; beyond it OPEN/OPENDIR get EMFILE. Default 1024. */
+  maxHandles?: number;
+  /** Directory O_PATH fds kept open to speed up lookups. Default 32. */
+  dirFdCacheSize?: number;
+  /** Directory listings kept for READDIR without a handle (zero-message opendir). Default 16. */
+  listingCacheSize?: number;
+  logger?: Pick<FuseLogger, 'warn'>;
+}
+
+interface FileHandle {
+  kind: 'file';
+  nodeid: number;
+  fd: number;
+}
+interface DirHandle {
+  kind: 'dir';
+  nodeid: number;
+  /** The listing as it was at OPENDIR (shared, immutable). */
+  entries: readonly DirEntry[];
+}
+type Handle = FileHandle | DirHandle;
+
+export interface ClosureStats {
+  /** Distinct host files, directories and symlinks in the closure, plus the root. */
+  files: number;
+  /** 4 KiB blocks of regular files, each distinct file counted once. */
+  blocks: number;
+}
+
+const RESOLVE = c.RESOLVE_BENEATH | c.RESOLVE_NO_SYMLINKS | c.RESOLVE_NO_MAGICLINKS;
+const STATX_NOFOLLOW = c.AT_SYMLINK_NOFOLLOW | c.AT_EMPTY_PATH;
+const SLASH = Buffer.from('/');
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
+const BLOCK = 4096;
+const NAME_MAX = 255;
+const W_OK = 2;
+const X_OK = 1;
+/** Canonical store metadata: the view's root looks like a freshly registered store directory. */
+const STORE_MTIME = 1;
+
+function kindOf(mode: number): NodeKind | undefined {
+  switch (mode & c.S_IFMT) {
+    case c.S_IFREG:
+      return 'reg';
+    case c.S_IFDIR:
+      return 'dir';
+    case c.S_IFLNK:
+      return 'lnk';
+    default:
+      return undefined; // devices, fifos, sockets: not representable in a NAR, never shown
+  }
+}
+
+const DT_OF: Record<NodeKind, number> = { reg: c.DT_REG, dir: c.DT_DIR, lnk: c.DT_LNK };
+
+/** Canonical attributes: nothing host-specific beyond size, executability and mtime. */
+function canonicalAttr(st: native.Statx, kind: NodeKind, ino: number): Attr {
+  const perm = kind === 'dir' ? 0o555 : kind === 'lnk' ? 0o777 : st.mode & 0o111 ? 0o555 : 0o444;
+  const type = kind === 'dir' ? c.S_IFDIR : kind === 'lnk' ? c.S_IFLNK : c.S_IFREG;
+  return {
+    ino,
+    size: st.size,
+    blocks: Math.ceil(st.size / 512),
+    atime: st.mtimeSec,
+    mtime: st.mtimeSec,
+    ctime: st.mtimeSec,
+    atimensec: st.mtimeNsec,
+    mtimensec: st.mtimeNsec,
+    ctimensec: st.mtimeNsec,
+    mode: type | perm,
+    // A hard link count above 1 would reveal links into paths outside the closure (nix-store --optimise).
+    nlink: kind === 'dir' ? st.nlink : 1,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: BLOCK,
+    flags: 0,
+  };
+}
+
+function isName(name: Buffer, what: Buffer): boolean {
+  return name.equals(what);
+}
+
+/** The n bytes after the first `skip` of a list of buffers (after a short read). */
+function dropFront(bufs: readonly Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}
+
+export class ClosureView extends FileSystem {
+  readonly storeDir: string;
+  readonly #storeFd: number;
+  readonly #closure: ReadonlySet<string>;
+  readonly #sorted: readonly string[];
+  readonly #nodes: NodeTable;
+  readonly #inos = new InodeNumbers();
+  readonly #handles: HandleTable<Handle>;
+  readonly #dirFds: Lru<string, number>;
+  readonly #listings: Lru<string, readonly DirEntry[]>;
+  readonly #log: Pick<FuseLogger, 'warn'> | undefined;
+  #rootAttr: Attr | undefined;
+  #stats: ClosureStats | undefined;
+  #closed = false;
+
+  constructor(opts: ClosureViewOptions) {
+    super();
+    this.storeDir = opts.storeDir;
+    this.#sorted = [...new Set(opts.paths)].sort();
+    for (const p of this.#sorted) {
+      if (p.length === 0 || p.length > NAME_MAX || p.includes('/') || p === '.' || p === '..') {
+        throw new RangeError(`not a store path basename: ${JSON.stringify(p)}`);
+      }
+    }
+    this.#closure = new Set(this.#sorted);
+    this.#handles = new HandleTable(opts.maxHandles ?? 1024);
+    this.#dirFds = new Lru(opts.dirFdCacheSize ?? 32, (fd) => native.closeQuietly(fd));
+    this.#listings = new Lru(opts.listingCacheSize ?? 16, () => {});
+    this.#log = opts.logger;
+    const root: Node = { nodeid: ROOT_NODEID, relPath: Buffer.alloc(0), kind: 'dir', identity: '', attr: this.#placeholderRootAttr(), nlookup: 0 };
+    this.#nodes = new NodeTable(root);
+    this.#storeFd = native.openat(c.AT_FDCWD, opts.storeDir, c.O_PATH | c.O_DIRECTORY | c.O_CLOEXEC);
+  }
+
+  /** The closure's basenames, sorted: exactly what the root lists (when all are present). */
+  get closure(): readonly string[] {
+    return this.#sorted;
+  }
+
+  /** Counters for tests and metrics. */
+  get counts(): { nodes: number; handles: number; inodeNumbers: number; dirFds: number } {
+    return { nodes: this.#nodes.size, handles: this.#handles.size, inodeNumbers: this.#inos.size, dirFds: this.#dirFds.size };
+  }
+
+  /** Releases every fd; the view is unusable afterwards. */
+  close(): void {
+    if (this.#closed) return;
+    this.destroy();
+    this.#closed = true;
+    native.closeQuietly(this.#storeFd);
+  }
+
+  // ---- session ------------------------------------------------------------------------
+
+  override init(): void {}
+
+  override destroy(): void {
+    for (const h of this.#handles.values()) if (h.kind === 'file') native.closeQuietly(h.fd);
+    this.#handles.clear();
+    this.#nodes.clear();
+    this.#dirFds.clear();
+  }
+
+  // ---- nodes ----------------------------------------------------------------------------
+
+  #node(nodeid: number): Node {
+    const node = this.#nodes.get(nodeid);
+    if (node === undefined) throw new FsError(Errno.ENOENT, `unknown nodeid ${nodeid}`);
+    return node;
+  }
+
+  #entry(node: Node): Entry {
+    return { nodeid: node.nodeid, generation: 0, attr: node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : node.attr };
+  }
+
+  override lookup(_ctx: RequestContext, parent: number, name: Buffer): Entry {
+    const dir = this.#node(parent);
+    if (dir.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+    if (isName(name, DOT)) return this.#entry(this.#nodes.ref(dir));
+    if (isName(name, DOTDOT)) return this.#entry(this.#parentOf(dir));
+    if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) {
+      throw new FsError(Errno.ENOENT); // not in the closure: '.links', .drv files, other outputs, other closures
+    }
+    const fd = this.#dirFdOf(dir.relPath);
+    const st = native.statx(fd, name, c.AT_SYMLINK_NOFOLLOW);
+    const relPath = dir.nodeid === ROOT_NODEID ? Buffer.from(name) : Buffer.concat([dir.relPath, SLASH, name]);
+    return this.#entry(this.#nodeFor(st, relPath));
+  }
+
+  /** The node for a stat result (made on first sight), counting one lookup. */
+  #nodeFor(st: native.Statx, relPath: Buffer): Node {
+    const kind = kindOf(st.mode);
+    if (kind === undefined) throw new FsError(Errno.ENOENT);
+    const identity = identityOf(st);
+    return this.#nodes.lookupOrCreate(identity, (nodeid) => ({
+      nodeid,
+      relPath,
+      kind,
+      identity,
+      attr: canonicalAttr(st, kind, this.#inos.of(identity)),
+    }));
+  }
+
+  /** ".." of a directory: the root for the root and for store paths, else the directory above. */
+  #parentOf(dir: Node): Node {
+    const slash = dir.relPath.lastIndexOf(SLASH[0]);
+    if (slash < 0) return this.#nodes.ref(this.#nodes.root);
+    const parentRel = dir.relPath.subarray(0, slash);
+    const st = native.statx(this.#dirFdOf(parentRel), '', STATX_NOFOLLOW);
+    return this.#nodeFor(st, Buffer.from(parentRel));
+  }
+
+  override forget(nodeid: number, nlookup: number): void {
+    this.#nodes.forget(nodeid, nlookup);
+  }
+
+  override getattr(_ctx: RequestContext, nodeid: number): Attr {
+    const node = this.#node(nodeid);
+    return node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : node.attr;
+  }
+
+  override readlink(_ctx: RequestContext, nodeid: number): Buffer {
+    const node = this.#node(nodeid);
+    if (node.kind !== 'lnk') throw new FsError(Errno.EINVAL);
+    const slash = node.relPath.lastIndexOf(SLASH[0]);
+    const parentRel = slash < 0 ? Buffer.alloc(0) : node.relPath.subarray(0, slash);
+    return native.readlinkat(this.#dirFdOf(parentRel), node.relPath.subarray(slash + 1));
+  }
+
+  override access(_ctx: RequestContext, nodeid: number, mask: number): void {
+    const attr = this.getattr(_ctx, nodeid);
+    if (mask & W_OK) throw new FsError(Errno.EROFS);
+    if (mask & X_OK && (attr.mode & 0o111) === 0) throw new FsError(Errno.EACCES);
+  }
+
+  // ---- host paths ---------------------------------------------------------------------
+
+  /** openat2 from the store directory: beneath it, no symlink anywhere on the way. */
+  #openRel(relPath: Buffer, flags: number): number {
+    return native.openat2(this.#storeFd, relPath, flags | c.O_NOFOLLOW | c.O_CLOEXEC, RESOLVE);
+  }
+
+  /** An O_PATH fd of a directory of the view (the store dir for the root), cached. */
+  #dirFdOf(relPath: Buffer): number {
+    if (relPath.length === 0) return this.#storeFd;
+    const key = relPath.toString('latin1');
+    let fd = this.#dirFds.get(key);
+    if (fd === undefined) {
+      fd = this.#openRel(relPath, c.O_PATH | c.O_DIRECTORY);
+      this.#dirFds.set(key, fd);
+    }
+    return fd;
+  }
+
+  // ---- files ------------------------------------------------------------------------------
+
+  override open(_ctx: RequestContext, nodeid: number, flags: number): number {
+    if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    if (node.kind === 'dir') throw new FsError(Errno.EISDIR);
+    if (node.kind === 'lnk') throw new FsError(Errno.ELOOP);
+    if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
+    // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
+    const fd = this.#openRel(node.relPath, c.O_RDONLY | c.O_NONBLOCK);
+    try {
+      if (identityOf(native.statx(fd, '', STATX_NOFOLLOW)) !== node.identity) throw new FsError(Errno.ESTALE);
+      return this.#handles.add({ kind: 'file', nodeid, fd });
+    } catch (e) {
+      native.closeQuietly(fd);
+      throw e;
+    }
+  }
+
+  #fileHandle(fh: number): FileHandle {
+    const h = this.#handles.get(fh);
+    if (h === undefined || h.kind !== 'file') throw new FsError(Errno.EBADF);
+    return h;
+  }
+
+  /* preadv straight into the guest's buffers; loops only on a short read before EOF. */
+  override read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, dst: readonly Buffer[]): number {
+    const h = this.#fileHandle(fh);
+    let total = 0;
+    let bufs: readonly Buffer[] = dst;
+    while (bufs.length > 0) {
+      const n = readvSync(h.fd, bufs as Buffer[], offset + total);
+      if (n === 0) break;
+      total += n;
+      bufs = dropFront(bufs, n);
+    }
+    return total;
+  }
+
+  override flush(_ctx: RequestContext, _nodeid: number, fh: number): void {
+    this.#fileHandle(fh);
+  }
+
+  override release(_ctx: RequestContext, _nodeid: number, fh: number): void {
+    const h = this.#handles.get(fh);
+    if (h === undefined || h.kind !== 'file') throw new FsError(Errno.EBADF);
+    this.#handles.remove(fh);
+    native.closeQuietly(h.fd);
+  }
+
+  override lseek(_ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): number {
+    const h = this.#fileHandle(fh);
+    if (whence === c.SEEK_DATA || whence === c.SEEK_HOLE) return native.lseek(h.fd, offset, whence);
+    if (whence === c.SEEK_SET) return offset;
+    if (whence === c.SEEK_END) return this.#node(nodeid).attr.size + offset;
+    throw new FsError(Errno.EINVAL);
+  }
+
+  // ---- directories --------------------------------------------------------------------
+
+  override opendir(_ctx: RequestContext, nodeid: number, flags: number): number {
+    if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+    if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
+    return this.#handles.add({ kind: 'dir', nodeid, entries: this.#listing(node) });
+  }
+
+  /* Cookies are positions in a sorted listing: stable, since the directory never changes. */
+  override readdir(_ctx: RequestContext, nodeid: number, fh: number, offset: number, add: DirEntrySink): void {
+    let entries: readonly DirEntry[];
+    if (fh === 0) {
+      const node = this.#node(nodeid);
+      if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+      entries = this.#listing(node);
+    } else {
+      const h = this.#handles.get(fh);
+      if (h === undefined || h.kind !== 'dir') throw new FsError(Errno.EBADF);
+      entries = h.entries;
+    }
+    for (let i = offset; i < entries.length; i++) if (!add(entries[i])) return;
+  }
+
+  override releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {
+    const h = this.#handles.get(fh);
+    if (h === undefined || h.kind !== 'dir') throw new FsError(Errno.EBADF);
+    this.#handles.remove(fh);
+  }
+
+  #listing(dir: Node): readonly DirEntry[] {
+    let entries = this.#listings.get(dir.identity);
+    if (entries === undefined) {
+      entries = dir.nodeid === ROOT_NODEID ? this.#rootListing() : this.#hostListing(dir);
+      this.#listings.set(dir.identity, entries);
+    }
+    return entries;
+  }
+
+  /** ".", "..", then each closure path present on the host, sorted. */
+  #rootListing(): DirEntry[] {
+    const named: { name: Buffer; ino: number; type: number }[] = [];
+    for (const base of this.#sorted) {
+      const top = this.#statTop(base);
+      if (top !== undefined) named.push({ name: Buffer.from(base), ino: this.#inos.of(identityOf(top.st)), type: DT_OF[top.kind] });
+    }
+    return this.#withCookies(ROOT_NODEID, ROOT_NODEID, named);
+  }
+
+  #statTop(base: string): { st: native.Statx; kind: NodeKind } | undefined {
+    try {
+      const st = native.statx(this.#storeFd, base, c.AT_SYMLINK_NOFOLLOW);
+      const kind = kindOf(st.mode);
+      return kind === undefined ? undefined : { st, kind };
+    } catch (e) {
+      this.#log?.warn({ path: base, err: (e as Error).message }, 'closure path not readable on the host; not listed');
+      return undefined;
+    }
+  }
+
+  #hostListing(dir: Node): DirEntry[] {
+    const fd = this.#openRel(dir.relPath, c.O_RDONLY | c.O_DIRECTORY);
+    try {
+      const self = native.statx(fd, '', STATX_NOFOLLOW);
+      const named: { name: Buffer; ino: number; type: number }[] = [];
+      for (const d of native.readDirectory(fd)) {
+        if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
+        const kind = this.#direntKind(fd, d);
+        if (kind === undefined) continue;
+        const identity = `${self.devMajor}:${self.devMinor}:${Number(d.ino >> 32n)}:${Number(d.ino & 0xffffffffn)}`;
+        named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind] });
+      }
+      named.sort((a, b) => Buffer.compare(a.name, b.name));
+      return this.#withCookies(dir.attr.ino, this.#parentIno(dir, fd), named);
+    } finally {
+      native.closeQuietly(fd);
+    }
+  }
+
+  #direntKind(dirFd: number, d: native.RawDirent): NodeKind | undefined {
+    if (d.type === c.DT_REG) return 'reg';
+    if (d.type === c.DT_DIR) return 'dir';
+    if (d.type === c.DT_LNK) return 'lnk';
+    if (d.type !== c.DT_UNKNOWN) return undefined;
+    return kindOf(native.statx(dirFd, d.name, c.AT_SYMLINK_NOFOLLOW).mode); // file systems without d_type
+  }
+
+  #parentIno(dir: Node, dirFd: number): number {
+    if (!dir.relPath.includes(SLASH[0])) return ROOT_NODEID;
+    return this.#inos.of(identityOf(native.statx(dirFd, '..', c.AT_SYMLINK_NOFOLLOW)));
+  }
+
+  #withCookies(selfIno: number, parentIno: number, named: { name: Buffer; ino: number; type: number }[]): DirEntry[] {
+    const all = [{ name: DOT, ino: selfIno, type: c.DT_DIR }, { name: DOTDOT, ino: parentIno, type: c.DT_DIR }, ...named];
+    return all.map((e, i) => ({ ...e, off: i + 1 }));
+  }
+
+  // ---- the root and statfs ---------------------------------------------------------------
+
+  #placeholderRootAttr(): Attr {
+    return {
+      ino: ROOT_NODEID, size: BLOCK, blocks: BLOCK / 512, atime: STORE_MTIME, mtime: STORE_MTIME, ctime: STORE_MTIME,
+      atimensec: 0, mtimensec: 0, ctimensec: 0, mode: c.S_IFDIR | 0o555, nlink: 2, uid: 0, gid: 0, rdev: 0, blksize: BLOCK, flags: 0,
+    };
+  }
+
+  /** The root's attributes; nlink is 2 + the store paths that are directories, as a real directory's. */
+  #rootAttrNow(): Attr {
+    if (this.#rootAttr === undefined) {
+      const dirs = this.#listing(this.#nodes.root).filter((e, i) => i >= 2 && e.type === c.DT_DIR).length;
+      this.#rootAttr = { ...this.#placeholderRootAttr(), nlink: 2 + dirs };
+    }
+    return this.#rootAttr;
+  }
+
+  /* Computed on the first STATFS by walking the closure (one statx per entry), then kept. */
+  override statfs(): KStatfs {
+    const s = this.closureStats();
+    return { blocks: s.blocks, bfree: 0, bavail: 0, files: s.files, ffree: 0, bsize: BLOCK, namelen: NAME_MAX, frsize: BLOCK };
+  }
+
+  /** Size and file count of the closure (walked once; the daemon may call this at startup). */
+  closureStats(): ClosureStats {
+    this.#stats ??= this.#walk();
+    return this.#stats;
+  }
+
+  #walk(): ClosureStats {
+    const seen = new Set<string>();
+    let blocks = 0;
+    const count = (st: native.Statx): NodeKind | undefined => {
+      const kind = kindOf(st.mode);
+      const id = identityOf(st);
+      if (kind === undefined || seen.has(id)) return undefined;
+      seen.add(id);
+      if (kind === 'reg') blocks += Math.ceil(st.size / BLOCK);
+      return kind;
+    };
+    const pending: Buffer[] = [];
+    for (const base of this.#sorted) {
+      const top = this.#statTop(base);
+      if (top !== undefined && count(top.st) === 'dir') pending.push(Buffer.from(base));
+    }
+    // One directory fd at a time, however deep the tree: each is opened from the store fd.
+    for (let rel = pending.pop(); rel !== undefined; rel = pending.pop()) {
+      const fd = this.#openRel(rel, c.O_RDONLY | c.O_DIRECTORY);
+      try {
+        for (const d of native.readDirectory(fd)) {
+          if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
+          if (count(native.statx(fd, d.name, c.AT_SYMLINK_NOFOLLOW)) === 'dir') pending.push(Buffer.concat([rel, SLASH, d.name]));
+        }
+      } finally {
+        native.closeQuietly(fd);
+      }
+    }
+    return { files: seen.size + 1, blocks };
+  }
+
+  // ---- nothing else -----------------------------------------------------------------------
+
+  /* The store has no extended attributes (NAR cannot carry them). */
+  override getxattr(): Buffer {
+    throw new FsError(Errno.ENODATA);
+  }
+
+  override listxattr(): Buffer[] {
+    return [];
+  }
+
+  override syncfs(): void {}
+
+  override mutate(_ctx: RequestContext, _op: MutatingOp): never {
+    throw new FsError(Errno.EROFS);
+  }
+}

@@ -1,0 +1,493 @@
+/**
+ * The closure view through the FUSE server, in process, on a hand-made store.
+ * The same assertions run against the real Nix-built fixture in nix-fixture.test.ts.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Errno, Opcode, FopenFlag, InitFlag } from '../../src/fuse';
+import { FuseServer } from '../../src/fuse/server';
+import { ClosureView } from '../../src/store/view';
+import { FuseClient, FuseReplyError, cName, inProcessTransport } from '../harness/fuse-client';
+import { makeFakeStore, type FakeStore } from './fake-store';
+
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const DT_DIR = 4;
+const DT_REG = 8;
+const DT_LNK = 10;
+
+let store: FakeStore;
+beforeAll(() => {
+  store = makeFakeStore();
+});
+afterAll(() => store.cleanup());
+
+function setup(opts: { maxHandles?: number; cache?: 'auto' | 'always' | 'never' } = {}) {
+  const view = new ClosureView({ storeDir: store.storeDir, paths: store.closure, maxHandles: opts.maxHandles });
+  const server = new FuseServer(view, { cache: opts.cache ?? 'always' });
+  const client = new FuseClient(inProcessTransport(server));
+  return { view, server, client };
+}
+
+async function errnoOf(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof FuseReplyError) return e.errno;
+    throw e;
+  }
+  throw new Error('expected an error reply');
+}
+
+function openFdCount(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+describe('ClosureView root', () => {
+  test('lists exactly the closure, sorted, after . and ..', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const { fh } = await client.opendir(1);
+    const names = (await client.readdirAll(1, fh)).map((d) => d.name.toString());
+    expect(names).toEqual(['.', '..', ...store.closure]);
+    view.close();
+  });
+
+  test('looks like a read-only store directory', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const { attr } = await client.getattr(1);
+    expect(attr.mode).toBe(S_IFDIR | 0o555);
+    expect([attr.uid, attr.gid, attr.mtime, attr.ctime, attr.atime, attr.ino]).toEqual([0, 0, 1, 1, 1, 1]);
+    // 2 + the store paths that are directories (app, lib)
+    expect(attr.nlink).toBe(4);
+    view.close();
+  });
+
+  test('LOOKUP of anything outside the closure is ENOENT', async () => {
+    const { client, view } = setup({ cache: 'never' });
+    await client.init();
+    for (const name of [...store.outside, 'nonexistent', `${store.names.app}x`]) {
+      expect(await errnoOf(client.lookup(1, name))).toBe(Errno.ENOENT);
+    }
+    view.close();
+  });
+
+  test('a negative entry is cached by the guest under cache=always', async () => {
+    const { client, view } = setup({ cache: 'always' });
+    await client.init();
+    const r = await client.request(Opcode.LOOKUP, 1, [cName('.links')], 128);
+    expect(r.header.error).toBe(0);
+    expect(r.payload.readBigUInt64LE(0)).toBe(0n); // nodeid 0
+    expect(r.payload.readBigUInt64LE(16)).toBe(86400n); // entry_valid
+    view.close();
+  });
+
+  test('. and .. at the root are the root', async () => {
+    const { client, view } = setup();
+    await client.init();
+    expect((await client.lookup(1, '..')).nodeid).toBe(1);
+    expect((await client.lookup(1, '.')).nodeid).toBe(1);
+    view.close();
+  });
+});
+
+describe('ClosureView below a store path', () => {
+  test('reads are byte-identical, across chunk sizes', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    expect(e.attr.size).toBe(store.largeContent.length);
+    const { fh, openFlags } = await client.open(e.nodeid);
+    expect(openFlags & FopenFlag.KEEP_CACHE).toBe(FopenFlag.KEEP_CACHE);
+    expect((await client.readAll(e.nodeid, fh, 128 * 1024)).equals(store.largeContent)).toBe(true);
+    expect((await client.readAll(e.nodeid, fh, 4096 + 17)).equals(store.largeContent)).toBe(true);
+    expect((await client.read(e.nodeid, fh, store.largeContent.length - 5, 100)).equals(store.largeContent.subarray(-5))).toBe(true);
+    await client.release(e.nodeid, fh);
+    view.close();
+  });
+
+  test('READ fills scattered guest buffers in place', async () => {
+    const { server, client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const { fh } = await client.open(e.nodeid);
+    const header = Buffer.alloc(40);
+    header.writeUInt32LE(80, 0);
+    header.writeUInt32LE(Opcode.READ, 4);
+    header.writeBigUInt64LE(77n, 8);
+    header.writeBigUInt64LE(BigInt(e.nodeid), 16);
+    const readIn = Buffer.alloc(40);
+    readIn.writeBigUInt64LE(BigInt(fh), 0);
+    readIn.writeBigUInt64LE(10n, 8);
+    readIn.writeUInt32LE(10000, 16);
+    // The out header and data split unevenly over three writable buffers.
+    const writable = [Buffer.alloc(10), Buffer.alloc(3000), Buffer.alloc(7006)];
+    const used = server.handle(1, { readable: [header, readIn], writable });
+    expect(used).toBe(16 + 10000);
+    const all = Buffer.concat(writable);
+    expect(all.readInt32LE(4)).toBe(0);
+    expect(all.subarray(16).equals(store.largeContent.subarray(10, 10010))).toBe(true);
+    view.close();
+  });
+
+  test('READLINK returns targets verbatim: absolute, relative, dangling, escaping', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const app = store.names.app;
+    const cases: [string, string][] = [
+      [`${app}/lib-abs`, `/nix/store/${store.names.lib}/lib/libfoo.so`],
+      [`${app}/bin/doc-rel`, '../share/doc.txt'],
+      [`${app}/dangling`, '/nix/store/00000000000000000000000000000000-missing/x'],
+      [`${app}/escape-abs`, '/etc/passwd'],
+      [`${app}/escape-rel`, '../../../../../../etc'],
+    ];
+    for (const [p, target] of cases) {
+      const e = await client.walk(p);
+      expect(e.attr.mode & S_IFMT).toBe(S_IFLNK);
+      expect(e.attr.mode & 0o7777).toBe(0o777);
+      expect((await client.readlink(e.nodeid)).toString()).toBe(target);
+    }
+    view.close();
+  });
+
+  test('symlinks are never followed: lookup through one is ENOTDIR, open is ELOOP', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const esc = await client.walk(`${store.names.app}/escape-rel`);
+    expect(await errnoOf(client.lookup(esc.nodeid, 'passwd'))).toBe(Errno.ENOTDIR);
+    expect(await errnoOf(client.open(esc.nodeid))).toBe(Errno.ELOOP);
+    view.close();
+  });
+
+  test('a single-file store path and a symlink store path work', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const single = await client.lookup(1, store.names.single);
+    expect(single.attr.mode & S_IFMT).toBe(S_IFREG);
+    const { fh } = await client.open(single.nodeid);
+    expect((await client.read(single.nodeid, fh, 0, 4096)).toString()).toBe('I am a whole store path\n');
+    const link = await client.lookup(1, store.names.symlinkPath);
+    expect((await client.readlink(link.nodeid)).toString()).toBe(`/nix/store/${store.names.app}/bin/hello`);
+    expect(await errnoOf(client.lookup(single.nodeid, 'x'))).toBe(Errno.ENOTDIR);
+    view.close();
+  });
+
+  test('odd names list and resolve byte for byte', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const odd = await client.walk(`${store.names.app}/odd`);
+    const { fh } = await client.opendir(odd.nodeid);
+    const names = (await client.readdirAll(odd.nodeid, fh)).slice(2).map((d) => d.name);
+    expect(names.map((n) => n.toString('hex')).sort()).toEqual(store.oddNames.map((n) => n.toString('hex')).sort());
+    for (const name of store.oddNames) {
+      const e = await client.lookup(odd.nodeid, name);
+      const f = await client.open(e.nodeid);
+      expect((await client.read(e.nodeid, f.fh, 0, 100)).toString()).toBe(`odd ${name.toString()}\n`);
+      await client.release(e.nodeid, f.fh);
+    }
+    view.close();
+  });
+
+  test('.. below a store path goes up, .. of a store path is the root', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const app = await client.lookup(1, store.names.app);
+    const bin = await client.lookup(app.nodeid, 'bin');
+    expect((await client.lookup(bin.nodeid, '..')).nodeid).toBe(app.nodeid);
+    expect((await client.lookup(app.nodeid, '..')).nodeid).toBe(1);
+    expect((await client.lookup(bin.nodeid, '.')).nodeid).toBe(bin.nodeid);
+    view.close();
+  });
+});
+
+describe('ClosureView leaks', () => {
+  test('no host inode numbers, link counts, owners or change times', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const twinPath = `${store.names.lib}/share/twin.txt`;
+    const host = fs.lstatSync(path.join(store.storeDir, twinPath), { bigint: true });
+    expect(host.nlink).toBeGreaterThanOrEqual(3n); // inside, outside and .links
+    const e = await client.walk(twinPath);
+    expect(e.attr.nlink).toBe(1);
+    expect(BigInt(e.attr.ino)).not.toBe(host.ino);
+    expect([e.attr.uid, e.attr.gid]).toEqual([0, 0]);
+    expect(e.attr.ctime).toBe(e.attr.mtime);
+    expect(e.attr.atime).toBe(e.attr.mtime);
+    expect(e.attr.blocks).toBe(Math.ceil(e.attr.size / 512));
+    expect(e.attr.mode).toBe(S_IFREG | 0o444);
+    const hello = await client.walk(`${store.names.app}/bin/hello`);
+    expect(hello.attr.mode).toBe(S_IFREG | 0o555);
+    view.close();
+  });
+
+  test('st_ino is stable for the same host file across forget and re-lookup', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const a = await client.walk(`${store.names.app}/share/doc.txt`);
+    await client.forget(a.nodeid, 1);
+    const b = await client.walk(`${store.names.app}/share/doc.txt`);
+    expect(b.nodeid).not.toBe(a.nodeid); // nodeids are never reused
+    expect(b.attr.ino).toBe(a.attr.ino);
+    view.close();
+  });
+
+  test('STATFS describes the closure, not the host disk', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const st = await client.statfs();
+    expect([st.bfree, st.bavail, st.ffree, st.bsize, st.frsize, st.namelen]).toEqual([0, 0, 0, 4096, 4096, 255]);
+    // app: itself, bin + 2, share + 2, 4 top symlinks, odd + 5, many + N, empty-dir
+    const app = 1 + 3 + 3 + 4 + 6 + (1 + store.manyCount) + 1;
+    // lib: itself, lib + libfoo.so, share + twin.txt (hard-linked outside: counted once, here)
+    const lib = 1 + 2 + 2;
+    const expectedFiles = 1 /* root */ + app + lib + 1 /* single file */ + 1 /* symlink path */;
+    expect(st.files).toBe(expectedFiles);
+    expect(st.blocks).toBeGreaterThanOrEqual(Math.ceil(store.largeContent.length / 4096));
+    expect(st.blocks).toBeLessThan(Math.ceil(store.largeContent.length / 4096) + store.manyCount + 50);
+    view.close();
+  });
+});
+
+describe('ClosureView read-only', () => {
+  const mutating: [string, number][] = [
+    ['SETATTR', Opcode.SETATTR],
+    ['MKNOD', Opcode.MKNOD],
+    ['MKDIR', Opcode.MKDIR],
+    ['UNLINK', Opcode.UNLINK],
+    ['RMDIR', Opcode.RMDIR],
+    ['RENAME', Opcode.RENAME],
+    ['RENAME2', Opcode.RENAME2],
+    ['LINK', Opcode.LINK],
+    ['SYMLINK', Opcode.SYMLINK],
+    ['CREATE', Opcode.CREATE],
+    ['WRITE', Opcode.WRITE],
+    ['FSYNC', Opcode.FSYNC],
+    ['FSYNCDIR', Opcode.FSYNCDIR],
+    ['SETXATTR', Opcode.SETXATTR],
+    ['REMOVEXATTR', Opcode.REMOVEXATTR],
+    ['FALLOCATE', Opcode.FALLOCATE],
+    ['COPY_FILE_RANGE', Opcode.COPY_FILE_RANGE],
+    ['TMPFILE', Opcode.TMPFILE],
+  ];
+  test.each(mutating)('%s is EROFS', async (_name, opcode) => {
+    const { client, view } = setup();
+    await client.init();
+    const body = Buffer.concat([Buffer.alloc(64), cName('newname'), cName('other')]);
+    expect(await errnoOf(client.call(opcode, 1, [body], 256))).toBe(Errno.EROFS);
+    const app = await client.lookup(1, store.names.app);
+    expect(await errnoOf(client.call(opcode, app.nodeid, [body], 256))).toBe(Errno.EROFS);
+    view.close();
+  });
+
+  test.each([
+    ['O_WRONLY', 0o1],
+    ['O_RDWR', 0o2],
+    ['O_TRUNC', 0o1000],
+    ['O_APPEND', 0o2000],
+  ])('OPEN with %s is EROFS', async (_n, flags) => {
+    const { client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/doc.txt`);
+    expect(await errnoOf(client.open(e.nodeid, flags))).toBe(Errno.EROFS);
+    expect(view.counts.handles).toBe(0);
+    view.close();
+  });
+
+  test('ACCESS: W_OK is EROFS, X_OK needs an x bit', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const doc = await client.walk(`${store.names.app}/share/doc.txt`);
+    const hello = await client.walk(`${store.names.app}/bin/hello`);
+    await client.access(doc.nodeid, 4);
+    expect(await errnoOf(client.access(doc.nodeid, 2))).toBe(Errno.EROFS);
+    expect(await errnoOf(client.access(doc.nodeid, 1))).toBe(Errno.EACCES);
+    await client.access(hello.nodeid, 1);
+    view.close();
+  });
+
+  test('xattrs: none, and the list is empty', async () => {
+    const { client, view } = setup();
+    await client.init();
+    expect(await errnoOf(client.getxattr(1, 'user.x', 0))).toBe(Errno.ENODATA);
+    expect((await client.listxattr(1, 0)).readUInt32LE(0)).toBe(0);
+    expect((await client.listxattr(1, 100)).length).toBe(0);
+    view.close();
+  });
+});
+
+describe('ClosureView directories', () => {
+  test('READDIR cookies across small buffers give every entry exactly once', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const many = await client.walk(`${store.names.app}/many`);
+    const { fh } = await client.opendir(many.nodeid);
+    const small = await client.readdirAll(many.nodeid, fh, 80); // two or three entries a call
+    const big = await client.readdirAll(many.nodeid, fh, 65536);
+    expect(small.map((d) => d.name.toString())).toEqual(big.map((d) => d.name.toString()));
+    expect(small.length).toBe(store.manyCount + 2);
+    expect(new Set(small.map((d) => d.name.toString())).size).toBe(small.length);
+    const first = await client.readdir(many.nodeid, fh, 0, 80);
+    const used = first.reduce((n, d) => n + ((24 + d.name.length + 7) & ~7), 0);
+    expect(used).toBeLessThanOrEqual(80);
+    expect(used + ((24 + 6 + 7) & ~7)).toBeGreaterThan(80); // the next entry would not have fit
+    await client.releasedir(many.nodeid, fh);
+    view.close();
+  });
+
+  test('READDIR types and inode numbers match LOOKUP', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const app = await client.lookup(1, store.names.app);
+    const { fh } = await client.opendir(app.nodeid);
+    const entries = await client.readdirAll(app.nodeid, fh);
+    const byName = new Map(entries.map((d) => [d.name.toString(), d]));
+    expect(byName.get('bin')?.type).toBe(DT_DIR);
+    expect(byName.get('lib-abs')?.type).toBe(DT_LNK);
+    expect(byName.get('.')?.ino).toBe(app.attr.ino);
+    expect(byName.get('..')?.ino).toBe(1);
+    const bin = await client.lookup(app.nodeid, 'bin');
+    expect(byName.get('bin')?.ino).toBe(bin.attr.ino);
+    const root = await client.readdirAll(1, (await client.opendir(1)).fh);
+    expect(root.find((d) => d.name.toString() === store.names.single)?.type).toBe(DT_REG);
+    view.close();
+  });
+
+  test('READDIRPLUS counts one lookup per entry it returns, none for . and ..', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const bin = await client.walk(`${store.names.app}/bin`);
+    const nodesBefore = view.counts.nodes;
+    const { fh } = await client.opendir(bin.nodeid);
+    const all = await client.readdirplus(bin.nodeid, fh, 0, 65536);
+    expect(all.map((d) => d.name.toString())).toEqual(['.', '..', 'doc-rel', 'hello']);
+    expect(all[0].entry.nodeid).toBe(0);
+    expect(all[1].entry.nodeid).toBe(0);
+    expect(view.counts.nodes).toBe(nodesBefore + 2);
+    // Each returned entry has exactly one lookup: FORGET 1 frees it, another FORGET would underflow.
+    for (const d of all.slice(2)) await client.forget(d.entry.nodeid, 1);
+    expect(view.counts.nodes).toBe(nodesBefore);
+    view.close();
+  });
+
+  test('READDIRPLUS in small buffers: only entries that fit are looked up', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const many = await client.walk(`${store.names.app}/many`);
+    const before = view.counts.nodes;
+    const { fh } = await client.opendir(many.nodeid);
+    // 152 + 6 rounds to 160: room for two "fNNNNN" entries and most of a third.
+    const batch = await client.readdirplus(many.nodeid, fh, 2, 400);
+    expect(batch.map((d) => d.name.toString())).toEqual(['f00000', 'f00001']);
+    expect(view.counts.nodes).toBe(before + 2);
+    const next = await client.readdirplus(many.nodeid, fh, batch[1].off, 400);
+    expect(next[0].name.toString()).toBe('f00002');
+    view.close();
+  });
+
+  test('READDIR without OPENDIR (fh 0) works from the listing cache', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const app = await client.lookup(1, store.names.app);
+    const names = (await client.readdirAll(app.nodeid, 0)).map((d) => d.name.toString());
+    expect(names).toContain('bin');
+    view.close();
+  });
+
+  test('zero-message opendir: OPENDIR is ENOSYS so the guest stops sending it', async () => {
+    const view = new ClosureView({ storeDir: store.storeDir, paths: store.closure });
+    const client = new FuseClient(inProcessTransport(new FuseServer(view, { zeroMessageOpendir: true })));
+    const init = await client.init();
+    expect(init.flags & InitFlag.NO_OPENDIR_SUPPORT).toBe(0);
+    expect(await errnoOf(client.opendir(1))).toBe(Errno.ENOSYS);
+    expect((await client.readdirAll(1, 0)).length).toBe(store.closure.length + 2);
+    view.close();
+  });
+});
+
+describe('ClosureView resources', () => {
+  test('FORGET and BATCH_FORGET free nodes; DESTROY frees all', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const base = view.counts.nodes;
+    const a = await client.lookup(1, store.names.app);
+    await client.lookup(1, store.names.app);
+    const b = await client.lookup(a.nodeid, 'bin');
+    expect(view.counts.nodes).toBe(base + 2);
+    expect(await client.forget(a.nodeid, 1)).toBe(0);
+    expect(view.counts.nodes).toBe(base + 2); // one lookup left
+    expect(await client.batchForget([{ nodeid: a.nodeid, nlookup: 1 }, { nodeid: b.nodeid, nlookup: 1 }])).toBe(0);
+    expect(view.counts.nodes).toBe(base);
+    expect(await errnoOf(client.getattr(a.nodeid))).toBe(Errno.ENOENT);
+    await client.lookup(1, store.names.lib);
+    await client.destroy();
+    expect(view.counts.nodes).toBe(1);
+    view.close();
+  });
+
+  test('a FORGET below zero frees the node and does not reply or throw', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const a = await client.lookup(1, store.names.app);
+    expect(await client.forget(a.nodeid, 5)).toBe(0);
+    expect(await errnoOf(client.getattr(a.nodeid))).toBe(Errno.ENOENT);
+    expect(await client.forget(123456, 1)).toBe(0);
+    view.close();
+  });
+
+  test('held fds do not grow with the number of nodes', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const many = await client.walk(`${store.names.app}/many`);
+    const before = openFdCount();
+    const { fh } = await client.opendir(many.nodeid);
+    const entries = (await client.readdirAll(many.nodeid, fh, 65536)).slice(2);
+    for (const d of entries) await client.lookup(many.nodeid, d.name);
+    // readlink/lookups elsewhere touch other directories (the dir fd LRU is bounded)
+    for (const p of ['bin', 'share', 'odd']) await client.lookup((await client.lookup(1, store.names.app)).nodeid, p);
+    expect(view.counts.nodes).toBeGreaterThan(store.manyCount);
+    expect(openFdCount() - before).toBeLessThanOrEqual(view.counts.dirFds + 1);
+    expect(view.counts.dirFds).toBeLessThanOrEqual(32);
+    view.close();
+  });
+
+  test('the handle cap gives EMFILE, and release makes room again', async () => {
+    const { client, view } = setup({ maxHandles: 4 });
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/doc.txt`);
+    const fhs: number[] = [];
+    for (let i = 0; i < 3; i++) fhs.push((await client.open(e.nodeid)).fh);
+    fhs.push((await client.opendir(1)).fh);
+    expect(new Set(fhs).size).toBe(4);
+    expect(await errnoOf(client.open(e.nodeid))).toBe(Errno.EMFILE);
+    expect(await errnoOf(client.opendir(1))).toBe(Errno.EMFILE);
+    await client.release(e.nodeid, fhs[0]);
+    const again = await client.open(e.nodeid);
+    expect(fhs).not.toContain(again.fh); // handles are never reused either
+    view.close();
+  });
+
+  test('close() releases every fd the view opened', async () => {
+    const before = openFdCount();
+    const { client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/doc.txt`);
+    await client.open(e.nodeid);
+    await client.walk(`${store.names.app}/bin/hello`);
+    view.close();
+    expect(openFdCount()).toBe(before);
+  });
+
+  test('LSEEK SEEK_DATA/SEEK_HOLE go to the host file', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const { fh } = await client.open(e.nodeid);
+    expect(await client.lseek(e.nodeid, fh, 0, 3)).toBe(0);
+    expect(await client.lseek(e.nodeid, fh, 0, 4)).toBe(store.largeContent.length);
+    expect(await errnoOf(client.lseek(e.nodeid, fh + 100, 0, 3))).toBe(Errno.EBADF);
+    view.close();
+  });
+});
