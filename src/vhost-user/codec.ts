@@ -92,6 +92,11 @@ export class MessageReader {
     return this.#broken;
   }
 
+  /** True while part of a message has arrived and the rest has not. */
+  get midMessage(): boolean {
+    return this.#have > 0 || this.#state === PAYLOAD;
+  }
+
   /** Where the next recvmsg writes, and how much it may take (never past this message). */
   window(): { buf: Buffer; offset: number; length: number } {
     this.#checkState();

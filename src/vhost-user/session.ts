@@ -195,8 +195,13 @@ export class VhostUserSession extends EventEmitter {
     if (r === null) return false;
     if (r.bytes === 0) {
       for (const fd of r.fds) native.closeQuietly(fd);
-      this.#log.info('frontend closed the vhost-user connection');
-      this.close();
+      if (this.#reader.midMessage) {
+        this.#log.warn('frontend closed the vhost-user connection in the middle of a message');
+        this.close(new VhostUserProtocolError('connection closed in the middle of a message'));
+      } else {
+        this.#log.info('frontend closed the vhost-user connection');
+        this.close();
+      }
       return false;
     }
     const msg = this.#reader.received(r.bytes, r.fds, r.truncated);
