@@ -190,7 +190,8 @@ export class Virtqueue {
         if (empty || completed >= this.#size) return this.#finish(oldUsed, completed, !empty);
       }
     } catch (e) {
-      return this.#fail(e, oldUsed, completed);
+      // Count from the used index: chains served before the throw are complete.
+      return this.#fail(e, oldUsed, (this.#nextUsed - oldUsed) & 0xffff);
     }
   }
 

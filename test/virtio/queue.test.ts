@@ -1,0 +1,165 @@
+/**
+ * The device side of a split ring: draining, used ring, notification
+ * suppression both ways (EVENT_IDX and flags), and how a broken ring stops.
+ */
+import fc from 'fast-check';
+import { needEvent, Virtqueue } from '../../src/virtio/queue';
+import { VirtqueueConfigError } from '../../src/virtio/errors';
+import { GuestMemory } from '../../src/virtio/guest-memory';
+import { NEXT, RingFixture, WRITE } from '../harness/ring-fixture';
+
+describe('Virtqueue configuration (§2.7)', () => {
+  const q = new Virtqueue({ index: 3, memory: new GuestMemory(), notify: () => {} });
+
+  it.each([0, 3, 100, 65536, 1.5])('"Queue Size ... MUST be a power of 2" (max 32768): size %p is refused', (n) => {
+    expect(() => q.setSize(n)).toThrow(VirtqueueConfigError);
+  });
+
+  it.each([
+    ['descriptor table', { desc: 8, avail: 0, used: 0 }],
+    ['available ring', { desc: 0, avail: 1, used: 0 }],
+    ['used ring', { desc: 0, avail: 0, used: 2 }],
+  ])('the %s must be aligned', (what, addrs) => {
+    expect(() => q.setAddresses(addrs, 'guest')).toThrow(new RegExp(`${what} .* aligned`));
+  });
+
+  it('rings must lie in guest memory: resolve() names the ring that does not', () => {
+    const f = new RingFixture(16);
+    try {
+      f.queue.setAddresses({ desc: f.driver.desc, avail: f.driver.avail, used: (1 << 20) - 64 }, 'guest');
+      expect(() => f.queue.resolve()).toThrow(/used ring: .*crosses the end/);
+      expect(f.queue.ready).toBe(false);
+    } finally {
+      f.close();
+    }
+  });
+});
+
+describe('Virtqueue.drain', () => {
+  let f: RingFixture;
+  afterEach(() => f.close());
+
+  function chain(text: string, room = 16): number {
+    const [r, w] = f.driver.takeDescriptors(2);
+    f.table([
+      [r, { addr: f.put(text), len: text.length, flags: NEXT, next: w }],
+      [w, { addr: f.ram.alloc(room), len: room, flags: WRITE, next: 0 }],
+    ]);
+    return r;
+  }
+
+  it('serves every available chain in one drain, publishes used entries and notifies once', () => {
+    f = new RingFixture(128);
+    const heads = Array.from({ length: 50 }, (_, i) => chain(`request ${i}`));
+    const r = f.offer(...heads);
+    expect(r).toEqual({ completed: 50, more: false, notified: true, error: null });
+    expect(f.notifications).toBe(1);
+    expect(f.driver.usedIdx()).toBe(50);
+    expect(f.driver.usedElem(49)).toEqual({ id: heads[49], len: 'request 49'.length });
+    expect(f.queue.nextAvail).toBe(50);
+  });
+
+  it('without EVENT_IDX, VIRTQ_AVAIL_F_NO_INTERRUPT suppresses the notification', () => {
+    f = new RingFixture(16);
+    f.ram.view(f.driver.avail, 2).writeUInt16LE(1);
+    expect(f.offer(chain('a')).notified).toBe(false);
+    f.ram.view(f.driver.avail, 2).writeUInt16LE(0);
+    expect(f.offer(chain('b')).notified).toBe(true);
+    expect(f.notifications).toBe(1);
+  });
+
+  it('EVENT_IDX: notifies only when used idx passes used_event, and writes avail_event', () => {
+    f = new RingFixture(16);
+    f.queue.eventIdx = true;
+    f.driver.setUsedEvent(5); // "interrupt me when entry 5 is used"
+    expect(f.offer(chain('a'), chain('b')).notified).toBe(false); // used 0..1
+    expect(f.driver.availEvent()).toBe(2); // kick me when you publish entry 2
+    expect(f.offer(chain('c'), chain('d'), chain('e'), chain('f')).notified).toBe(true); // used 2..5 crosses 5
+    expect(f.driver.availEvent()).toBe(6);
+    expect(f.notifications).toBe(1);
+  });
+
+  it('EVENT_IDX works across the 16-bit wrap of the indices', () => {
+    f = new RingFixture(16);
+    f.queue.eventIdx = true;
+    f.queue.setBase(0xfffe);
+    f.ram.view(f.driver.used + 2, 2).writeUInt16LE(0xfffe);
+    f.queue.resolve(true);
+    f.driver.availIdx = 0xfffe;
+    f.driver.setUsedEvent(0xffff);
+    const r = f.offer(chain('a'), chain('b'), chain('c'));
+    expect(r.completed).toBe(3);
+    expect(r.notified).toBe(true);
+    expect(f.driver.usedIdx()).toBe(1);
+    expect(f.driver.availEvent()).toBe(1);
+  });
+
+  it('"A driver MUST NOT ... make more than Queue Size entries available" : an avail idx jump breaks the queue', () => {
+    f = new RingFixture(16);
+    f.driver.setAvailIdx(17);
+    const r = f.queue.drain(f.handler);
+    expect(r.error?.code).toBe('CFS_ERR_AVAIL_RING');
+    expect(r.error?.message).toMatch(/17 entries ahead of 0, more than the queue size 16/);
+    expect(f.queue.broken).toBe(r.error);
+    // A broken queue stays stopped.
+    f.driver.setAvailIdx(1);
+    expect(f.queue.drain(f.handler)).toMatchObject({ completed: 0, error: null });
+  });
+
+  it('a head index outside the table breaks the queue', () => {
+    f = new RingFixture(16);
+    const r = f.offer(16);
+    expect(r.error?.code).toBe('CFS_ERR_AVAIL_RING');
+    expect(r.error?.message).toMatch(/names head 16/);
+  });
+
+  it('chains before a bad one still get their used entries and the notification', () => {
+    f = new RingFixture(16);
+    const good = chain('good');
+    f.table([[9, { addr: 0, len: 1, flags: NEXT, next: 9 }]]);
+    const r = f.offer(good, 9);
+    expect(r.completed).toBe(1);
+    expect(r.error?.code).toBe('CFS_ERR_DESCRIPTOR_CHAIN');
+    expect(r.notified).toBe(true);
+    expect(f.driver.usedIdx()).toBe(1);
+  });
+
+  it('a throwing handler is logged and its chain completes with no bytes; the queue keeps working', () => {
+    f = new RingFixture(16);
+    const handler = { handle: () => { throw new Error('bug above'); } };
+    f.driver.push(chain('x'));
+    f.driver.publish(0);
+    expect(f.queue.drain(handler)).toMatchObject({ completed: 1, error: null });
+    expect(f.driver.usedElem(0).len).toBe(0);
+    expect(f.log.find('error', 'request handler threw')).toHaveLength(1);
+    expect(f.offer(chain('y')).completed).toBe(1);
+  });
+
+  it('a used length beyond the writable room is clamped and logged', () => {
+    f = new RingFixture(16);
+    f.driver.push(chain('x', 8));
+    f.driver.publish(0);
+    f.queue.drain({ handle: () => 1000 });
+    expect(f.driver.usedElem(0).len).toBe(8);
+    expect(f.log.find('error', 'impossible used length')).toHaveLength(1);
+  });
+
+  it('an empty ring is a no-op without notification', () => {
+    f = new RingFixture(16);
+    expect(f.queue.drain(f.handler)).toEqual({ completed: 0, more: false, notified: false, error: null });
+  });
+});
+
+describe('needEvent (vring_need_event)', () => {
+  it('property: true exactly when used_event lies in [old, new) modulo 2^16', () => {
+    fc.assert(
+      fc.property(fc.nat(0xffff), fc.nat(0xffff), fc.nat(0x8000), (event, old, step) => {
+        const next = (old + step) & 0xffff;
+        let crossed = false;
+        for (let k = 0; k < step; k++) if (((old + k) & 0xffff) === event) crossed = true;
+        expect(needEvent(event, next, old)).toBe(crossed);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
