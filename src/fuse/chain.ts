@@ -102,6 +102,7 @@ export class ChainReader {
   readBytes(n: number): Buffer {
     if (!Number.isSafeInteger(n) || n < 0) throw new FuseDecodeError(`bad length ${n}`);
     this.#need(n);
+    if (n === 0) return Buffer.alloc(0); // the cursor may sit past the last buffer
     const c = this.#cursor;
     if (c.contiguous() >= n) {
       const view = c.current().subarray(c.off, c.off + n);

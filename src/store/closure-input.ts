@@ -85,7 +85,8 @@ function splitLines(text: string): string[] {
   return lines.map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
 }
 
-const HASH_LINE_RE = /^(md5|sha1|sha256|sha512):[0-9a-zA-Z+/=]+$/;
+/** A NAR hash line: bare base16 (Nix 2.8 --dump-db) or `algo:digest` (other versions). */
+const HASH_LINE_RE = /^(?:[0-9a-f]{32,128}|(?:md5|sha1|sha256|sha512)[:-][0-9a-zA-Z+/=]+)$/;
 const DIGITS_RE = /^\d+$/;
 
 /** Detects the format of closure text and parses it; `file` names it in errors. */
@@ -129,7 +130,7 @@ export function parseRegistration(lines: readonly string[], file: string): Store
     const pathLine = i + 1;
     refs.push({ path: at('a store path'), file, line: pathLine });
     if (withHash) {
-      if (!HASH_LINE_RE.test(at('a hash'))) throw new ClosureInputError('expected a hash like sha256:...', file, i);
+      if (!HASH_LINE_RE.test(at('a hash'))) throw new ClosureInputError('expected a NAR hash', file, i);
       if (!DIGITS_RE.test(at('a size'))) throw new ClosureInputError('expected a NAR size', file, i);
     }
     const deriver = at('a deriver line');
