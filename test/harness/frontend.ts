@@ -25,6 +25,7 @@
  *   fe.memory                       // GuestRam: regions, view(gpa, len), alloc(len, align)
  *   fe.queue(q)                     // DriverQueue: ring GPAs, writeDescriptor, publish, usedIdx, ...
  *   fe.errCount(q), fe.waitErr(q)   // SET_VRING_ERR eventfd signals
+ *   fe.callCount(q)                 // call eventfd wakeups seen
  *   fe.backendRequests              // requests received on the SET_BACKEND_REQ_FD channel (acked with opts.onBackendRequest ?? 0)
  *   fe.acked                        // { features, protocolFeatures, queueNum, maxMemSlots }
  *
@@ -92,6 +93,8 @@ export interface FrontendOptions {
   regions?: RegionLayout[];
   /** Negotiate EVENT_IDX (if offered). Default true. */
   eventIdx?: boolean;
+  /** Negotiate VHOST_USER_F_PROTOCOL_FEATURES (if offered). Default true; false replays a legacy frontend. */
+  protocolFeatures?: boolean;
   /** Answer for requests on the backend channel; default ack 0. */
   onBackendRequest?: (req: BackendChannelRequest) => bigint;
   timeoutMs?: number;
@@ -395,6 +398,7 @@ export class Frontend {
   #callFds: number[] = [];
   #errFds: number[] = [];
   #errCounts: number[] = [];
+  #callCounts: number[] = [];
   #errWaiters: Waiter<void>[][] = [];
   #rx = Buffer.alloc(64 * 1024);
   #rxLen = 0;
@@ -554,7 +558,7 @@ export class Frontend {
   /** QEMU 7.2 vhost-user-fs-pci, as recorded in REFERENCES.md. */
   async #handshakeQemu72(): Promise<void> {
     const offered = await this.getU64(Req.GET_FEATURES);
-    if (offered & F.PROTOCOL_FEATURES) await this.#negotiateProtocol(QEMU72_PROTOCOL);
+    if (offered & F.PROTOCOL_FEATURES & this.#wanted(F.PROTOCOL_FEATURES)) await this.#negotiateProtocol(QEMU72_PROTOCOL);
     const pf = this.acked.protocolFeatures;
     if (pf & PF.MQ) this.acked.queueNum = Number(await this.getU64(Req.GET_QUEUE_NUM));
     if (pf & PF.CONFIGURE_MEM_SLOTS) this.acked.maxMemSlots = Number(await this.getU64(Req.GET_MAX_MEM_SLOTS));
@@ -579,7 +583,7 @@ export class Frontend {
   async #handshakeCloudHypervisor(): Promise<void> {
     await this.call(Req.SET_OWNER);
     const offered = await this.getU64(Req.GET_FEATURES);
-    if (offered & F.PROTOCOL_FEATURES) await this.#negotiateProtocol(CH_PROTOCOL);
+    if (offered & F.PROTOCOL_FEATURES & this.#wanted(F.PROTOCOL_FEATURES)) await this.#negotiateProtocol(CH_PROTOCOL);
     if (this.acked.protocolFeatures & PF.MQ) this.acked.queueNum = Number(await this.getU64(Req.GET_QUEUE_NUM));
     this.#createQueueFds(this.#opts.numQueues ?? (this.acked.queueNum || 2));
     await this.#setFeatures(offered & this.#wanted(CH_FEATURES & ~F.LOG_ALL));
@@ -591,7 +595,10 @@ export class Frontend {
   }
 
   #wanted(features: bigint): bigint {
-    return this.#opts.eventIdx === false ? features & ~F.EVENT_IDX : features;
+    let f = features;
+    if (this.#opts.eventIdx === false) f &= ~F.EVENT_IDX;
+    if (this.#opts.protocolFeatures === false) f &= ~F.PROTOCOL_FEATURES;
+    return f;
   }
 
   async #negotiateProtocol(ours: bigint): Promise<void> {
@@ -628,6 +635,7 @@ export class Frontend {
       this.#callFds.push(call);
       this.#errFds.push(err);
       this.#errCounts.push(0);
+      this.#callCounts.push(0);
       this.#errWaiters.push([]);
       this.#watchers.push(new native.FdWatcher(call, () => this.#onCall(q)).start());
       this.#watchers.push(new native.FdWatcher(err, () => this.#onErr(q)).start());
@@ -755,6 +763,7 @@ export class Frontend {
 
   #onCall(q: number): void {
     native.eventfdRead(this.#callFds[q]);
+    this.#callCounts[q]++;
     this.#queues[q]?.collect();
   }
 
@@ -762,6 +771,11 @@ export class Frontend {
     native.eventfdRead(this.#errFds[q]);
     this.#errCounts[q]++;
     for (const w of this.#errWaiters[q].splice(0)) w.resolve();
+  }
+
+  /** Call eventfd wakeups seen on queue q (several signals before a wakeup count once). */
+  callCount(q: number): number {
+    return this.#callCounts[q];
   }
 
   errCount(q: number): number {
