@@ -149,10 +149,52 @@ function lineAt(text: string, pos: number): number {
   return line;
 }
 
-/** Where a path string first appears in JSON text, for error messages. */
-function lineOfString(text: string, s: string): number {
-  const pos = text.indexOf(JSON.stringify(s));
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/**
+ * The line where a store path is given in JSON text, for error messages: as a
+ * "path" value (array form) or as a key (object form), else its first mention.
+ */
+function lineOfPath(text: string, p: string): number {
+  const q = escapeRegExp(JSON.stringify(p));
+  const m = new RegExp(`"path"\\s*:\\s*${q}|${q}\\s*:`).exec(text);
+  const pos = m !== null ? m.index : text.indexOf(JSON.stringify(p));
   return pos < 0 ? 1 : lineAt(text, pos);
+}
+
+/** Whether a JSON.parse failure only says the text stopped early (at or past its end). */
+function endedEarly(message: string, length: number): boolean {
+  const pos = /position (\d+)/.exec(message);
+  return /end of JSON input/.test(message) || (pos !== null && Number(pos[1]) >= length);
+}
+
+/**
+ * The line of a JSON syntax error. V8 does not always say where, so find the
+ * shortest prefix of whole lines that fails for a reason other than ending early
+ * (a binary search: a prefix fails that way exactly when it reaches the error).
+ */
+function jsonErrorLine(text: string): number | undefined {
+  const lines = text.split('\n');
+  const broken = (k: number): boolean => {
+    const prefix = lines.slice(0, k).join('\n');
+    try {
+      JSON.parse(prefix);
+      return false;
+    } catch (e) {
+      return !endedEarly((e as Error).message, prefix.length);
+    }
+  };
+  if (!broken(lines.length)) return undefined;
+  let lo = 1;
+  let hi = lines.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (broken(mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
 }
 
 /* nix path-info --json: [{"path": "/nix/store/...", ...}] (Nix < 2.19) or {"/nix/store/...": {...} | null}. */
@@ -161,22 +203,22 @@ export function parsePathInfoJson(text: string, file: string): StorePathRef[] {
   try {
     doc = JSON.parse(text);
   } catch (e) {
-    const pos = /position (\d+)/.exec((e as Error).message);
-    throw new ClosureInputError(`invalid JSON: ${(e as Error).message}`, file, pos ? lineAt(text, Number(pos[1])) : undefined, { cause: e });
+    const message = (e as Error).message.split('\n')[0];
+    throw new ClosureInputError(`invalid JSON: ${message}`, file, jsonErrorLine(text), { cause: e });
   }
-  const ref = (p: string): StorePathRef => ({ path: p, file, line: lineOfString(text, p) });
+  const ref = (p: string): StorePathRef => ({ path: p, file, line: lineOfPath(text, p) });
   if (Array.isArray(doc)) {
     return doc.map((item, k) => {
       if (typeof item === 'string') return ref(item);
       const p = (item as { path?: unknown } | null)?.path;
       if (typeof p !== 'string') throw new ClosureInputError(`element ${k} has no "path" string`, file, undefined);
-      if ((item as { valid?: unknown }).valid === false) throw new ClosureInputError(`'${p}' is not valid in the store that produced this`, file, lineOfString(text, p));
+      if ((item as { valid?: unknown }).valid === false) throw new ClosureInputError(`'${p}' is not valid in the store that produced this`, file, lineOfPath(text, p));
       return ref(p);
     });
   }
   if (doc !== null && typeof doc === 'object') {
     return Object.entries(doc as Record<string, unknown>).map(([p, info]) => {
-      if (info === null) throw new ClosureInputError(`'${p}' is not valid in the store that produced this`, file, lineOfString(text, p));
+      if (info === null) throw new ClosureInputError(`'${p}' is not valid in the store that produced this`, file, lineOfPath(text, p));
       return ref(p);
     });
   }
