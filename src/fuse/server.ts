@@ -302,7 +302,9 @@ export class FuseServer implements RequestHandler {
       return OK;
     }
     if (init.major < FUSE_KERNEL_VERSION || init.minor < FUSE_MIN_MINOR_VERSION) return Errno.EPROTO;
-    if (this.#initialized) this.#fs.destroy(); // a new session without DESTROY: the guest forgot everything
+    // INIT starts a session with nothing known on the guest side. Whatever an earlier one left behind
+    // (a guest reset without DESTROY, or a new server over the same FileSystem) is dropped first.
+    this.#fs.destroy();
     this.#fs.init();
     const reply = this.#negotiate(init);
     this.#minor = reply.minor;

@@ -270,7 +270,7 @@ describe('replies', () => {
     const { fs, client } = await setup();
     await client.getattr(4);
     await client.getattr(4, 9);
-    expect(fs.calls).toEqual(['getattr 4 undefined', 'getattr 4 9']);
+    expect(fs.calls.filter((c) => c.startsWith('getattr'))).toEqual(['getattr 4 undefined', 'getattr 4 9']);
   });
 
   test('READ returns only what the file has and never more than asked or room', async () => {

@@ -469,6 +469,17 @@ describe('ClosureView resources', () => {
     view.close();
   });
 
+  test('a new INIT (guest reset without DESTROY, or a new server) drops the old session', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/doc.txt`);
+    await client.open(e.nodeid);
+    expect(view.counts.handles).toBe(1);
+    await new FuseClient(inProcessTransport(new FuseServer(view))).init();
+    expect(view.counts).toMatchObject({ handles: 0, nodes: 1, dirFds: 0 });
+    view.close();
+  });
+
   test('close() releases every fd the view opened', async () => {
     const before = openFdCount();
     const { client, view } = setup();
