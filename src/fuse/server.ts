@@ -127,6 +127,12 @@ type Handler = (req: Request) => Outcome;
 
 const NULL_LOGGER: FuseLogger = { debug() {}, warn() {}, error() {} };
 
+/** An entry_out that gives the guest nothing to count or cache (readdirplus "." / ".." / failed lookups). */
+const NO_ENTRY: EntryOut = {
+  nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0,
+  attr: { ino: 0, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 },
+};
+
 const DOT = 0x2e;
 const SLASH = 0x2f;
 
@@ -146,10 +152,6 @@ function isDotOrDotDot(name: Buffer): boolean {
   return name[0] === DOT && (name.length === 1 || (name.length === 2 && name[1] === DOT));
 }
 
-const ZERO_ATTR: Attr = {
-  ino: 0, size: 0, blocks: 0, atime: 0, mtime: 0, ctime: 0, atimensec: 0, mtimensec: 0, ctimensec: 0,
-  mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0,
-};
 
 export class FuseServer implements RequestHandler {
   readonly #fs: FileSystem;
@@ -384,7 +386,7 @@ export class FuseServer implements RequestHandler {
     } catch (e) {
       if (errnoOf(e) !== Errno.ENOENT || this.#cache === 'never') throw e;
       // A negative entry (nodeid 0) that the guest may cache: PATH searches stop asking.
-      r.out.write(EntryOut, { nodeid: 0, generation: 0, entryValid: this.#timeout, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0, attr: ZERO_ATTR });
+      r.out.write(EntryOut, { ...NO_ENTRY, entryValid: this.#timeout });
       return OK;
     }
     r.out.write(EntryOut, this.#entryOut(entry));
@@ -520,10 +522,12 @@ export class FuseServer implements RequestHandler {
    * READDIRPLUS looks every entry up (one lookup count each) except "." and "..",
    * which go out with nodeid 0 so the guest neither counts nor caches them. The
    * size check comes before the lookup, so an entry that does not fit is never
-   * looked up; should writing still fail, the lookup is given back. A failing
-   * lookup is an error reply only while nothing is written: after that, entries
-   * already looked up would be lost along with their counts, so the reply ends
-   * early instead and the next READDIRPLUS retries from that entry.
+   * looked up; should writing still fail, the lookup is given back. An entry whose
+   * lookup fails with an errno (a path that vanished) also goes out with nodeid 0:
+   * the listing stays readable and a later LOOKUP reports the error. A bug in the
+   * FileSystem ends the reply: an error reply while nothing is written, else a short
+   * reply (the entries already looked up must reach the guest, or their counts
+   * would be lost); the next READDIRPLUS retries from there.
    */
   #readdirplus(r: Request): Outcome {
     const rd = r.in.read(ReadIn);
@@ -533,15 +537,19 @@ export class FuseServer implements RequestHandler {
     this.#fs.readdir(r.ctx, r.header.nodeid, rd.fh, rd.offset, (d) => {
       if (out.bytesWritten + direntplusSize(d.name.length) > limit) return false;
       if (isDotOrDotDot(d.name)) {
-        this.#writeDirentplus(out, d, { nodeid: 0, generation: 0, entryValid: 0, attrValid: 0, entryValidNsec: 0, attrValidNsec: 0, attr: ZERO_ATTR });
+        this.#writeDirentplus(out, d, NO_ENTRY);
         return true;
       }
       let entry: Entry;
       try {
         entry = this.#fs.lookup(r.ctx, r.header.nodeid, d.name);
       } catch (e) {
-        failure = e;
-        return false;
+        if (errnoOf(e) === undefined) {
+          failure = e;
+          return false;
+        }
+        this.#writeDirentplus(out, d, NO_ENTRY);
+        return true;
       }
       try {
         this.#writeDirentplus(out, { ...d, ino: entry.attr.ino }, this.#entryOut(entry));

@@ -301,6 +301,20 @@ describe('replies', () => {
     expect(fs.calls.filter((c) => c.startsWith('lookup')).length).toBe(2);
   });
 
+  test('READDIRPLUS: an entry whose lookup fails goes out bare; a FileSystem bug ends the reply', async () => {
+    class Vanishing extends StubFs {
+      override readdir(_c: RequestContext, _n: number, _fh: number, offset: number, add: DirEntrySink): void {
+        const names = ['.', '..', 'a', 'missing', 'bb', 'bug', 'ccc'];
+        for (let i = offset; i < names.length; i++) if (!add({ name: Buffer.from(names[i]), ino: 100 + i, type: 8, off: i + 1 })) return;
+      }
+    }
+    const client = new FuseClient(inProcessTransport(new FuseServer(new Vanishing())));
+    await client.init();
+    const first = await client.readdirplus(1, 1, 0, 4096);
+    expect(first.map((d) => [d.name.toString(), d.entry.nodeid])).toEqual([['.', 0], ['..', 0], ['a', 10], ['missing', 0], ['bb', 10]]);
+    expect(await errnoOf(client.readdirplus(1, 1, 5, 4096))).toBe(Errno.EIO);
+  });
+
   test('GETXATTR/LISTXATTR size protocol', async () => {
     const { client } = await setup();
     expect((await client.getxattr(1, 'user.a', 0)).readUInt32LE(0)).toBe(5);
