@@ -10,19 +10,29 @@
 #   CFS-KLOG-BEGIN / -END        kernel warnings and errors (levels 0-4) logged from the mount on
 #
 # then powers off. Kernel command line parameters read by /init:
-#   cfs.tag=TAG            virtio-fs tag to mount (default: store)
-#   cfs.mountopts=A,B      extra mount options after "ro" (for example dax=always)
+#   cfs.tag=TAG            virtio-fs (or 9p) tag to mount (default: store)
+#   cfs.mountopts=A,B      extra mount options (for example dax=always)
 #   cfs.mountpoint=DIR     where to mount (default: /nix/store)
+#   cfs.rw=1               mount WITHOUT the "ro" option, so that read-only-ness must come from the daemon
+#                          (tests use this to check that EROFS is the daemon's answer, not the guest VFS's)
+#   cfs.fstype=9p          mount a virtio-9p share instead (QEMU -virtfs; needs a kernel flavour with 9p)
+#
+# Kernel flavour: CFS_GUEST_FLAVOUR=cloud-amd64 (default: small and quick to boot, virtiofs as a module, but
+# no 9p at all) or amd64 (Debian's generic kernel: also 9p, used by the guest benchmark so that all of its
+# columns run on one kernel). Modules are resolved with their dependencies from the .ko files' modinfo.
 #
 # Nothing is installed on the host: packages are fetched with `apt-get download` and unpacked with dpkg-deb.
-# Idempotent and cached under ${CLOSUREFS_CACHE:-$HOME/.cache/closurefs}/guest/<hash of this script>.
-# Prints the output directory (containing vmlinuz, initrd.gz, kernel-version) on stdout, nothing else.
+# Idempotent and cached under ${CLOSUREFS_CACHE:-$HOME/.cache/closurefs}/guest/<hash of this script+flavour>.
+# Prints the output directory (containing vmlinuz, initrd.gz, kernel-version, modules, features) on stdout,
+# nothing else. `features` lists "virtiofs" and, when the kernel has it, "9p".
 set -euo pipefail
 
 die() { echo "build-guest.sh: error: $*" >&2; exit 1; }
 
 cache_root="${CLOSUREFS_CACHE:-$HOME/.cache/closurefs}"
-key="$(sha256sum < "${BASH_SOURCE[0]}" | cut -c1-16)"
+flavour="${CFS_GUEST_FLAVOUR:-cloud-amd64}"
+case "$flavour" in cloud-amd64|amd64) ;; *) die "CFS_GUEST_FLAVOUR must be cloud-amd64 or amd64, got '$flavour'" ;; esac
+key="$( (cat "${BASH_SOURCE[0]}"; echo "$flavour") | sha256sum | cut -c1-16)"
 base="$cache_root/guest"
 out="$base/$key"
 
@@ -44,9 +54,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/x" "$work/root"
 log="$work/log"
 
-# Newest 6.1 cloud kernel image package the apt lists know about (the signed one ships vmlinuz).
+# Newest 6.1 kernel image package of the flavour that the apt lists know about (the signed one ships vmlinuz).
 pick_kernel() {
-  apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' 2>/dev/null \
+  apt-cache search --names-only "^linux-image-6\\.1\\.0-[0-9]+-${flavour}\$" 2>/dev/null \
     | cut -d' ' -f1 | sort -V | tail -n1
 }
 kpkg="$(pick_kernel)"
@@ -55,10 +65,10 @@ if [ -z "$kpkg" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; die "apt-get update failed"; }
   else
-    die "no linux-image-6.1.0-*-cloud-amd64 in the apt lists; run 'apt-get update' as root"
+    die "no linux-image-6.1.0-*-$flavour in the apt lists; run 'apt-get update' as root"
   fi
   kpkg="$(pick_kernel)"
-  [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-cloud-amd64 package known to apt (is this Debian 12 amd64?)"
+  [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-$flavour package known to apt (is this Debian 12 amd64?)"
 fi
 
 # apt-get download drops privileges to _apt, which cannot write into a root-owned private directory;
@@ -70,7 +80,7 @@ if ! download; then
   # Stale lists name package versions the mirror has already dropped (404): refresh once and retry.
   if [ "$(id -u)" = 0 ] && apt-get update -qq >>"$log" 2>&1; then
     kpkg="$(pick_kernel)"
-    [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-cloud-amd64 package known to apt after apt-get update"
+    [ -n "$kpkg" ] || die "no linux-image-6.1.0-*-$flavour package known to apt after apt-get update"
     download || { cat "$log" >&2; die "apt-get download $kpkg busybox-static failed"; }
   else
     cat "$log" >&2; die "apt-get download $kpkg busybox-static failed"
@@ -99,29 +109,55 @@ for applet in $("$r/bin/busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$r/bin/$applet"
 done
 
-# Modules in load order; some may be built in (then there is no .ko and nothing to load).
-# A compressed module (.ko.xz/.ko.zst) is decompressed so busybox insmod can load it.
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio fuse virtiofs"
+# Modules with their dependencies, in load order (dependencies first). The package has no modules.dep
+# (depmod runs at install time), so dependencies come from each .ko's own modinfo "depends=" field. A module
+# that has no .ko may be built in (modules.builtin); then there is nothing to load. Compressed modules are
+# decompressed so busybox insmod can load them.
 config="$work/x/boot/config-$kver"
-loaded=""
-for m in $modules; do
-  f="$(find "$moddir/kernel" -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" | head -n1)"
-  if [ -z "$f" ]; then
-    # Accept a missing module only when the kernel has it built in.
-    grep -q "^kernel/.*/$m\.ko" "$moddir/modules.builtin" 2>/dev/null \
-      || die "module $m is neither a .ko in $kpkg nor listed in modules.builtin"
-    continue
-  fi
-  case "$f" in
-    *.ko) cp "$f" "$r/lib/modules/$m.ko" ;;
-    *.ko.xz) xz -dc "$f" > "$r/lib/modules/$m.ko" ;;
-    *.ko.zst) zstd -qdc "$f" > "$r/lib/modules/$m.ko" ;;
-    *.ko.gz) gzip -dc "$f" > "$r/lib/modules/$m.ko" ;;
+ko_file() {
+  local m=$1 alt=${1//_/-}
+  find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \
+    -o -name "$alt.ko" -o -name "$alt.ko.xz" -o -name "$alt.ko.zst" -o -name "$alt.ko.gz" \) | head -n1
+}
+builtin() { grep -qE "(^|/)(${1}|${1//_/-})\.ko$" "$moddir/modules.builtin" 2>/dev/null; }
+unpack_ko() {
+  case "$1" in
+    *.ko) cat "$1" ;;
+    *.ko.xz) xz -dc "$1" ;;
+    *.ko.zst) zstd -qdc "$1" ;;
+    *.ko.gz) gzip -dc "$1" ;;
   esac
-  loaded="$loaded $m"
+}
+declare -A seen=()
+order=()
+# resolve MODULE: appends MODULE's dependencies and then MODULE to $order; returns 1 if it does not exist.
+resolve() {
+  local m=$1 f deps d
+  [ -n "${seen[$m]-}" ] && return 0
+  seen[$m]=1
+  f="$(ko_file "$m")"
+  if [ -z "$f" ]; then builtin "$m" && return 0; return 1; fi
+  unpack_ko "$f" > "$r/lib/modules/$m.ko"
+  deps="$(tr '\0' '\n' < "$r/lib/modules/$m.ko" | sed -n 's/^depends=//p' | head -n1)"
+  for d in ${deps//,/ }; do resolve "$d" || die "module $m needs $d, which $kpkg has neither as .ko nor built in"; done
+  order+=("$m")
+}
+order=()
+for m in virtio_pci virtio_mmio virtiofs; do
+  resolve "$m" || die "module $m is neither a .ko in $kpkg nor listed in modules.builtin"
 done
+loaded="${order[*]}"
 if [ -f "$config" ] && ! grep -q '^CONFIG_VIRTIO_FS=[ym]' "$config"; then die "$kpkg lacks CONFIG_VIRTIO_FS"; fi
-echo "${loaded# }" > "$r/etc/cfs-modules"
+echo "$loaded" > "$r/etc/cfs-modules"
+# 9p (QEMU -virtfs), loaded only when cfs.fstype=9p asks for it; the cloud kernel has none (CONFIG_NET_9P unset).
+features="virtiofs"
+order=()
+if resolve 9pnet_virtio && resolve 9p; then
+  echo "${order[*]}" > "$r/etc/cfs-9p-modules"
+  features="$features 9p"
+else
+  for m in "${order[@]}"; do rm -f "$r/lib/modules/$m.ko"; done
+fi
 
 cat > "$r/init" <<'INIT'
 #!/bin/busybox sh
@@ -136,31 +172,45 @@ exec </dev/console >/dev/console 2>&1
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 
-tag=store mountopts= mountpoint=/nix/store
+tag=store mountopts= mountpoint=/nix/store rw=0 fstype=virtiofs
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     cfs.tag=*) tag="${arg#cfs.tag=}" ;;
     cfs.mountopts=*) mountopts="${arg#cfs.mountopts=}" ;;
     cfs.mountpoint=*) mountpoint="${arg#cfs.mountpoint=}" ;;
+    cfs.rw=1) rw=1 ;;
+    cfs.fstype=*) fstype="${arg#cfs.fstype=}" ;;
   esac
 done
 
-for m in $(cat /etc/cfs-modules); do
+modules=$(cat /etc/cfs-modules)
+driver=virtiofs
+opts=ro
+[ $rw = 1 ] && opts=
+if [ "$fstype" = 9p ]; then
+  if [ -f /etc/cfs-9p-modules ]; then modules="$modules $(cat /etc/cfs-9p-modules)"; else echo "CFS-WARN this kernel has no 9p"; fi
+  driver=9pnet_virtio
+  # A large msize (the kernel caps it at what its virtio transport carries, about 500 KiB in 6.1): the
+  # default of 128 KiB would understate 9p's sequential throughput in the benchmark.
+  opts="trans=virtio,version=9p2000.L,msize=524288${opts:+,$opts}"
+fi
+for m in $modules; do
   insmod "/lib/modules/$m.ko" || echo "CFS-WARN insmod $m failed"
 done
 
 # Kernel warnings from here on (the mount and the script) are reported after the script; boot noise is not.
 klog_mark=$(dmesg -r | wc -l)
 
-# virtio devices probe asynchronously after insmod: wait (up to 5 s) until the virtiofs driver has bound a
-# device, then mount exactly once, so a mount that fails for a real reason fails fast and says why.
+# virtio devices probe asynchronously after insmod: wait (up to 5 s) until the driver has bound a device,
+# then mount exactly once, so a mount that fails for a real reason fails fast and says why.
 mkdir -p "$mountpoint"
 i=0
-while [ $i -lt 100 ] && ! ls /sys/bus/virtio/drivers/virtiofs/ 2>/dev/null | grep -q '^virtio'; do
+while [ $i -lt 100 ] && ! ls "/sys/bus/virtio/drivers/$driver/" 2>/dev/null | grep -q '^virtio'; do
   i=$((i + 1))
   sleep 0.05
 done
-mount -t virtiofs -o "ro${mountopts:+,$mountopts}" "$tag" "$mountpoint" 2>/tmp/mount.err
+opts="$opts${mountopts:+${opts:+,}$mountopts}"
+mount -t "$fstype" ${opts:+-o "$opts"} "$tag" "$mountpoint" 2>/tmp/mount.err
 rc=$?
 if [ $rc = 0 ]; then echo "CFS-MOUNT ok"; else echo "CFS-MOUNT failed $rc $(cat /tmp/mount.err)"; fi
 
@@ -193,7 +243,8 @@ mkdir -p "$work/out"
 cp "$vmlinuz" "$work/out/vmlinuz"
 mv "$work/initrd.gz" "$work/out/initrd.gz"
 echo "$kver" > "$work/out/kernel-version"
-echo "${loaded# }" > "$work/out/modules"
+echo "$loaded" > "$work/out/modules"
+echo "$features" > "$work/out/features"
 rm -rf "$out"
 mv "$work/out" "$out"
 echo "$out"

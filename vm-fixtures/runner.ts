@@ -1,7 +1,8 @@
 /**
  * Boots the test guest (vm-fixtures/build-guest.sh) under QEMU/TCG against a vhost-user-fs socket that the
- * caller's daemon (closurefs or the peer virtiofsd) already listens on, runs a shell script inside the guest
- * with the share mounted read-only at /nix/store, and returns what the script printed and its exit status.
+ * caller's daemon (closurefs or the peer virtiofsd) already listens on (or, for comparison, against QEMU's own
+ * 9p server), runs a shell script inside the guest with the share mounted at /nix/store (read-only unless
+ * asked otherwise), and returns what the script printed and its exit status.
  *
  * The script travels as a second cpio archive appended to the base initramfs: the kernel unpacks
  * concatenated archives in order, so no second share, disk or network is needed, and the base initramfs
@@ -17,12 +18,26 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 export type GuestMachine = 'q35' | 'pc' | 'microvm';
+/** Which Debian 6.1 kernel the guest boots; see build-guest.sh (only amd64 has 9p). */
+export type GuestFlavour = 'cloud-amd64' | 'amd64';
 
 export interface RunGuestOptions {
-  /** vhost-user socket the daemon listens on (QEMU connects as the client). */
-  socketPath: string;
-  /** virtio-fs tag; the guest mounts this tag at /nix/store. */
+  /** vhost-user socket the daemon listens on (QEMU connects as the client). Required unless `virtfs` is set. */
+  socketPath?: string;
+  /**
+   * Instead of a vhost-user-fs device, share this host directory with QEMU's built-in 9p server
+   * (-virtfs local,security_model=none,readonly=on) and mount it with -t 9p. Needs flavour 'amd64'.
+   */
+  virtfs?: { path: string };
+  /** virtio-fs (or 9p) tag; the guest mounts this tag at /nix/store. */
   tag: string;
+  /**
+   * Mount with the guest-side "ro" option (default true). false mounts read-write, so that every write the
+   * guest tries reaches the daemon, whose own answer (EROFS) is then what the guest sees.
+   */
+  readOnlyMount?: boolean;
+  /** Guest kernel flavour. Default 'cloud-amd64'. */
+  flavour?: GuestFlavour;
   /** Shell script (busybox sh) run in the guest as /run.sh, cwd /, stdin /dev/null, stderr merged into stdout. */
   script: string;
   /** q35 (default) and pc use vhost-user-fs-pci; microvm uses vhost-user-fs-device on virtio-mmio. */
@@ -31,7 +46,7 @@ export interface RunGuestOptions {
   memMiB?: number;
   /** Wall-clock limit for the guest run (QEMU is killed after it). Default 120 000. */
   timeoutMs?: number;
-  /** Extra mount options after "ro", comma-separated, no spaces (e.g. "dax=always"). */
+  /** Extra mount options (after "ro" unless readOnlyMount is false), comma-separated, no spaces (e.g. "dax=always"). */
   mountOptions?: string;
   /** Where the guest mounts the share. Default /nix/store. */
   mountPoint?: string;
@@ -80,9 +95,12 @@ export interface GuestAssets {
   initrd: string;
   kernelVersion: string;
   dir: string;
+  flavour: GuestFlavour;
+  /** File systems the guest can mount: always "virtiofs", "9p" when the kernel has it. */
+  features: string[];
 }
 
-let assetsCache: GuestAssets | undefined;
+const assetsCache = new Map<GuestFlavour, GuestAssets>();
 
 /** The build-guest.sh next to this file, whether running from vm-fixtures/ (ts-jest) or dist/vm-fixtures/. */
 function buildGuestScript(): string {
@@ -99,10 +117,15 @@ function buildGuestScript(): string {
  * Ensures the guest kernel and base initramfs exist (build-guest.sh is idempotent and cached; the first
  * call downloads two .deb files) and returns their paths.
  */
-export function guestAssets(): GuestAssets {
-  if (assetsCache !== undefined) return assetsCache;
+export function guestAssets(flavour: GuestFlavour = 'cloud-amd64'): GuestAssets {
+  const cached = assetsCache.get(flavour);
+  if (cached !== undefined) return cached;
   const script = buildGuestScript();
-  const r = spawnSync('bash', [script], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
+  const r = spawnSync('bash', [script], {
+    encoding: 'utf8',
+    maxBuffer: 16 * 1024 * 1024,
+    env: { ...process.env, CFS_GUEST_FLAVOUR: flavour },
+  });
   if (r.error !== undefined) throw new Error(`cannot run ${script}: ${r.error.message}`);
   if (r.status !== 0) throw new Error(`${script} failed (status ${String(r.status)}):\n${r.stderr}${r.stdout}`);
   const dir = r.stdout.trim().split('\n').pop() ?? '';
@@ -112,8 +135,10 @@ export function guestAssets(): GuestAssets {
     throw new Error(`${script} printed ${JSON.stringify(dir)}, which has no vmlinuz/initrd.gz`);
   }
   const kernelVersion = fs.readFileSync(path.join(dir, 'kernel-version'), 'utf8').trim();
-  assetsCache = { kernel, initrd, kernelVersion, dir };
-  return assetsCache;
+  const features = fs.readFileSync(path.join(dir, 'features'), 'utf8').trim().split(/\s+/);
+  const assets: GuestAssets = { kernel, initrd, kernelVersion, dir, flavour, features };
+  assetsCache.set(flavour, assets);
+  return assets;
 }
 
 // ---- cpio (newc) encoding of the per-run overlay -------------------------------------------------------
@@ -200,25 +225,31 @@ export function qemuArgs(opts: RunGuestOptions, assets: { kernel: string; initrd
     append.push(`cfs.mountopts=${kernelArgWord('mountOptions', opts.mountOptions)}`);
   }
   if (opts.mountPoint !== undefined) append.push(`cfs.mountpoint=${kernelArgWord('mountPoint', opts.mountPoint)}`);
+  if (opts.readOnlyMount === false) append.push('cfs.rw=1');
+  if (opts.virtfs !== undefined) append.push('cfs.fstype=9p');
 
   const props = Object.entries(opts.deviceProps ?? {}).map(([k, v]) => `,${k}=${v}`).join('');
+  // The same shared memfd RAM for 9p too, so a comparison differs only in the file system transport.
   const args = ['-accel', 'tcg', '-m', `${mem}M`, '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`];
+  let share: string[];
+  if (opts.virtfs !== undefined) {
+    if (opts.virtfs.path.includes(',')) throw new Error(`virtfs path must not contain ',': ${opts.virtfs.path}`);
+    // -virtfs picks the virtio-9p transport that fits the machine (pci, or device on virtio-mmio).
+    share = ['-virtfs', `local,path=${opts.virtfs.path},mount_tag=${tag},security_model=none,readonly=on`];
+  } else {
+    if (opts.socketPath === undefined) throw new Error('runGuest needs socketPath (or virtfs)');
+    const device = machine === 'microvm' ? 'vhost-user-fs-device' : 'vhost-user-fs-pci';
+    share = [
+      '-chardev', `socket,id=cfs0,path=${opts.socketPath}`,
+      '-device', `${device},chardev=cfs0,tag=${tag}${props}`,
+    ];
+  }
   if (machine === 'microvm') {
     const khz = hostTscKhz();
     if (khz !== undefined) append.push(`tsc_early_khz=${khz}`);
-    args.push(
-      '-machine', 'microvm,memory-backend=mem',
-      '-global', 'virtio-mmio.force-legacy=false',
-      '-chardev', `socket,id=cfs0,path=${opts.socketPath}`,
-      '-device', `vhost-user-fs-device,chardev=cfs0,tag=${tag}${props}`,
-    );
+    args.push('-machine', 'microvm,memory-backend=mem', '-global', 'virtio-mmio.force-legacy=false', ...share);
   } else {
-    args.push(
-      '-machine', machine,
-      '-numa', 'node,memdev=mem',
-      '-chardev', `socket,id=cfs0,path=${opts.socketPath}`,
-      '-device', `vhost-user-fs-pci,chardev=cfs0,tag=${tag}${props}`,
-    );
+    args.push('-machine', machine, '-numa', 'node,memdev=mem', ...share);
   }
   append.push(...(opts.extraKernelArgs ?? []));
   args.push(
@@ -279,9 +310,16 @@ const START_MARK = 'CFS-RUNNER-QEMU-START\n';
 
 /** Boots one guest, runs opts.script in it, and resolves when QEMU has exited (it never rejects on guest failure). */
 export async function runGuest(opts: RunGuestOptions): Promise<GuestResult> {
-  const assets = guestAssets();
+  const assets = guestAssets(opts.flavour);
   const timeoutMs = opts.timeoutMs ?? 120_000;
-  if (!fs.existsSync(opts.socketPath)) throw new Error(`vhost-user socket ${opts.socketPath} does not exist (start the daemon first)`);
+  if (opts.virtfs !== undefined) {
+    if (!assets.features.includes('9p')) {
+      throw new Error(`the ${assets.flavour} guest kernel has no 9p (features: ${assets.features.join(' ')}); use flavour 'amd64'`);
+    }
+    if (!fs.statSync(opts.virtfs.path).isDirectory()) throw new Error(`virtfs path ${opts.virtfs.path} is not a directory`);
+  } else if (opts.socketPath === undefined || !fs.existsSync(opts.socketPath)) {
+    throw new Error(`vhost-user socket ${String(opts.socketPath)} does not exist (start the daemon first)`);
+  }
 
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cfs-guest-'));
   try {
