@@ -1,0 +1,245 @@
+/**
+ * Daemon-level benchmark: closurefs against QEMU 7.2's virtiofsd on the same tree,
+ * through the same vhost-user test frontend (test/harness), no guest. Both daemons
+ * run as separate processes; runs alternate between them so drift on a noisy
+ * machine hits both alike. Every reply is checked (error 0, expected length).
+ *
+ *   node dist/scripts/bench-daemon.js [--quick] [--runs N] [--json FILE]
+ *
+ * Prints a markdown table of medians (ops/s) and the ratio closurefs / virtiofsd
+ * (higher is better), and writes the numbers as JSON.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GetattrIn, InHeader, Opcode, OpenIn, OutHeader, ReadIn } from '../src/fuse/abi';
+import { ChainSpec, Frontend } from '../test/harness/frontend';
+import { FuseClient, FuseTransport, cName, encode } from '../test/harness/fuse-client';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+const MiB = 1 << 20;
+const BATCH = 16;
+
+export interface BenchTree {
+  storeDir: string;
+  closureFile: string;
+  base: string;
+}
+
+/** A store-shaped tree: one store path with a 1,000-entry directory, a 4 KiB-block file and a 64 MiB file. */
+export function benchTree(): BenchTree {
+  const cache = process.env.CLOSUREFS_CACHE ?? path.join(os.homedir(), '.cache', 'closurefs');
+  const storeDir = path.join(cache, 'bench-daemon-v1', 'store');
+  const base = '0123456789abcdfghijklmnpqrsvwxyz-bench-data';
+  const closureFile = path.join(cache, 'bench-daemon-v1', 'closure.txt');
+  if (fs.existsSync(closureFile)) return { storeDir, closureFile, base };
+  const top = path.join(storeDir, base);
+  fs.mkdirSync(path.join(top, 'dir1000'), { recursive: true });
+  for (let i = 0; i < 1000; i++) fs.writeFileSync(path.join(top, 'dir1000', `entry-${String(i).padStart(4, '0')}`), `${i}\n`);
+  const rng = crypto.createHash('sha256');
+  const big = fs.openSync(path.join(top, 'big.bin'), 'w');
+  for (let i = 0; i < 64; i++) fs.writeSync(big, crypto.createHash('sha512').update(rng.update(String(i)).copy().digest()).digest().toString('hex').repeat(8192).slice(0, MiB));
+  fs.closeSync(big);
+  fs.writeFileSync(closureFile, `/nix/store/${base}\n`);
+  return { storeDir, closureFile, base };
+}
+
+type DaemonName = 'closurefs' | 'virtiofsd';
+
+interface Running {
+  proc: ChildProcess;
+  sock: string;
+  dir: string;
+}
+
+function startDaemon(name: DaemonName, tree: BenchTree): Running {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `bench-${name}-`));
+  const sock = path.join(dir, 'vhost.sock');
+  const proc =
+    name === 'closurefs'
+      ? spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
+      : spawn(VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${tree.storeDir}`, '-o', 'cache=always', '-o', 'log_level=err'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return { proc, sock, dir };
+}
+
+async function stopDaemon(r: Running): Promise<void> {
+  const exited = new Promise<void>((res) => (r.proc.exitCode !== null ? res() : r.proc.once('exit', () => res())));
+  r.proc.kill('SIGTERM');
+  await exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
+let unique = 1n;
+
+/** One FUSE request as the kernel lays it out: [in header, in args...] readable, [out header, reply] writable. */
+function chain(opcode: number, nodeid: number, body: Buffer[], replySize: number): ChainSpec {
+  const len = InHeader.SIZE + body.reduce((n, b) => n + b.length, 0);
+  const header = encode(InHeader, { len, opcode, unique: unique++, nodeid, uid: 0, gid: 0, pid: 1, totalExtlen: 0 });
+  return { readable: [header, ...body], writableSizes: [OutHeader.SIZE, replySize] };
+}
+
+function check(opcode: number, written: Buffer, usedLen: number, minLen: number): void {
+  const out = OutHeader.decode(written, 0);
+  if (out.error !== 0 || usedLen < minLen) throw new Error(`opcode ${opcode}: error ${out.error}, ${usedLen} bytes`);
+}
+
+/** Runs `count` requests from make(), BATCH chains per kick; returns ops/s. */
+async function measure(fe: Frontend, count: number, make: (i: number) => ChainSpec, minLen: number): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < count; i += BATCH) {
+    const specs = Array.from({ length: Math.min(BATCH, count - i) }, (_, k) => make(i + k));
+    const done = await fe.batch(1, specs);
+    for (let k = 0; k < done.length; k++) check(0, done[k].written, done[k].usedLen, minLen);
+  }
+  return count / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+export interface OpResult {
+  op: string;
+  unit: string;
+  closurefs: number;
+  virtiofsd: number;
+  ratio: number;
+}
+
+async function runOnce(name: DaemonName, tree: BenchTree, quick: boolean): Promise<Record<string, number>> {
+  const d = startDaemon(name, tree);
+  const fe = await Frontend.connect(d.sock, { regions: [{ gpa: 0, size: 64 * MiB }], connectTimeoutMs: 10_000, timeoutMs: 30_000 });
+  try {
+    await fe.handshake();
+    const sequential: FuseTransport = (readable, sizes) => fe.request(1, readable, sizes);
+    const client = new FuseClient(sequential);
+    await client.init();
+    const top = await client.lookup(1, tree.base);
+    const dir = await client.lookup(top.nodeid, 'dir1000');
+    const big = await client.lookup(top.nodeid, 'big.bin');
+    const fh = (await client.open(big.nodeid)).fh;
+    const n = quick ? 2000 : 10000;
+    const name500 = cName('entry-0500');
+    const r: Record<string, number> = {};
+    const dbg = (s: string) => process.env.CFS_BENCH_DEBUG && process.stderr.write(`${name} ${s}\n`);
+    dbg("start");
+    r.lookup = await measure(fe, n, () => chain(Opcode.LOOKUP, dir.nodeid, [name500], 128), OutHeader.SIZE + 128);
+    dbg("lookup done");
+    r.getattr = await measure(fe, n, () => chain(Opcode.GETATTR, big.nodeid, [encode(GetattrIn, { getattrFlags: 0, fh: 0 })], 104), OutHeader.SIZE + 104);
+    const blocks = (64 * MiB) / 4096;
+    dbg("getattr done");
+    r.read4k = await measure(fe, n, (i) => chain(Opcode.READ, big.nodeid, [readIn(fh, ((i * 7919) % blocks) * 4096, 4096)], 4096), OutHeader.SIZE + 4096);
+    dbg("read4k done");
+    r.read1m = await measure(fe, quick ? 128 : 512, (i) => chain(Opcode.READ, big.nodeid, [readIn(fh, (i % 64) * MiB, MiB)], MiB), OutHeader.SIZE + MiB);
+    dbg("read1m done");
+    r.readdirplus1000 = await listings(fe, client, dir.nodeid, quick ? 10 : 40);
+    return r;
+  } finally {
+    fe.close();
+    await stopDaemon(d);
+  }
+}
+
+function readIn(fh: number, offset: number, size: number): Buffer {
+  return encode(ReadIn, { fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 });
+}
+
+/**
+ * Whole listings of the 1,000-entry directory with READDIRPLUS (4 KiB buffers, like
+ * the guest); listings/s. Offsets are cookies that virtiofsd takes from the host
+ * file system (ext4: 63-bit hashes), so they travel as BigInt, never as a Number.
+ */
+async function listings(fe: Frontend, client: FuseClient, nodeid: number, count: number): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < count; i++) {
+    const fh = (await client.opendir(nodeid)).fh;
+    let offset = 0n;
+    let seen = 0;
+    for (;;) {
+      const readIn = Buffer.alloc(ReadIn.SIZE);
+      readIn.writeBigUInt64LE(BigInt(fh), 0);
+      readIn.writeBigUInt64LE(offset, 8);
+      readIn.writeUInt32LE(4096, 16);
+      const [done] = await fe.batch(1, [chain(Opcode.READDIRPLUS, nodeid, [readIn], 4096)]);
+      check(Opcode.READDIRPLUS, done.written, done.usedLen, OutHeader.SIZE);
+      const last = lastDirentplusOffset(done.written.subarray(OutHeader.SIZE, done.usedLen));
+      if (last === null) break;
+      seen += last.count;
+      offset = last.off;
+    }
+    await client.releasedir(nodeid, fh);
+    if (seen < 1000) throw new Error(`READDIRPLUS listed ${seen} entries, expected 1000+`);
+  }
+  return count / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+/** fuse_direntplus = fuse_entry_out (128) + fuse_dirent {u64 ino, u64 off, u32 namelen, u32 type, name[]}, 8-aligned. */
+function lastDirentplusOffset(buf: Buffer): { off: bigint; count: number } | null {
+  let off: bigint | null = null;
+  let count = 0;
+  for (let o = 0; o + 128 + 24 <= buf.length; count++) {
+    off = buf.readBigUInt64LE(o + 128 + 8);
+    const namelen = buf.readUInt32LE(o + 128 + 16);
+    o += Math.ceil((128 + 24 + namelen) / 8) * 8;
+  }
+  return off === null ? null : { off, count };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export async function benchDaemon(opts: { quick: boolean; runs?: number; log?: (s: string) => void }): Promise<OpResult[]> {
+  const log = opts.log ?? ((s: string) => process.stderr.write(`${s}\n`));
+  const tree = benchTree();
+  const runs = opts.runs ?? (opts.quick ? 3 : 7);
+  const samples: Record<DaemonName, Record<string, number>[]> = { closurefs: [], virtiofsd: [] };
+  for (let i = 0; i < runs; i++) {
+    const order: DaemonName[] = i % 2 === 0 ? ['closurefs', 'virtiofsd'] : ['virtiofsd', 'closurefs'];
+    for (const name of order) {
+      samples[name].push(await runOnce(name, tree, opts.quick));
+      log(`run ${i + 1}/${runs} ${name}: ${JSON.stringify(samples[name][samples[name].length - 1], (_, v) => (typeof v === 'number' ? Math.round(v) : v))}`);
+    }
+  }
+  const ops: [string, string][] = [
+    ['lookup', 'LOOKUP ops/s'],
+    ['getattr', 'GETATTR ops/s'],
+    ['readdirplus1000', 'READDIRPLUS 1,000 entries, listings/s'],
+    ['read4k', 'READ 4 KiB ops/s'],
+    ['read1m', 'READ 1 MiB ops/s'],
+  ];
+  return ops.map(([op, unit]) => {
+    const c = median(samples.closurefs.map((s) => s[op]));
+    const v = median(samples.virtiofsd.map((s) => s[op]));
+    return { op, unit, closurefs: c, virtiofsd: v, ratio: c / v };
+  });
+}
+
+export function markdown(rows: OpResult[]): string {
+  const fmt = (n: number) => (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1));
+  return [
+    '| daemon-level (no guest) | closurefs | virtiofsd | closurefs / virtiofsd |',
+    '| --- | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.unit} | ${fmt(r.closurefs)} | ${fmt(r.virtiofsd)} | ${r.ratio.toFixed(2)}x |`),
+  ].join('\n');
+}
+
+if (require.main === module) {
+  const quick = process.argv.includes('--quick');
+  const runsAt = process.argv.indexOf('--runs');
+  const runs = runsAt > 0 ? Number(process.argv[runsAt + 1]) : undefined;
+  benchDaemon({ quick, runs }).then(
+    (rows) => {
+      console.log(markdown(rows));
+      const out = path.join(ROOT, 'bench-results', `daemon-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+      fs.mkdirSync(path.dirname(out), { recursive: true });
+      fs.writeFileSync(out, JSON.stringify({ quick, batch: BATCH, rows }, null, 2));
+      console.log(`\n(medians; JSON in ${path.relative(ROOT, out)})`);
+    },
+    (e) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
+}
