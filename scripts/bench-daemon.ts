@@ -60,7 +60,7 @@ function startDaemon(name: DaemonName, tree: BenchTree): Running {
   const sock = path.join(dir, 'vhost.sock');
   const proc =
     name === 'closurefs'
-      ? spawn(process.execPath, [path.join(ROOT, 'dist/src/cli.js'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
+      ? spawn(process.execPath, [...nodeArgs(), path.join(ROOT, 'dist/src/cli.js'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
       : spawn(VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${tree.storeDir}`, '-o', 'cache=always', '-o', 'log_level=err'], { stdio: ['ignore', 'ignore', 'inherit'] });
   return { proc, sock, dir };
 }
@@ -70,6 +70,11 @@ async function stopDaemon(r: Running): Promise<void> {
   r.proc.kill('SIGTERM');
   await exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
+/** Extra node flags for the closurefs process, e.g. CFS_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'. */
+function nodeArgs(): string[] {
+  return (process.env.CFS_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
 }
 
 let unique = 1n;
