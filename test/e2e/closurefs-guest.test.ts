@@ -170,6 +170,9 @@ describe.each(BOOTS.map((s, i) => [s.name, s, i] as const))(`guest over ${KIND}:
     withContext(b, () => {
       expect({ mounted: b.guest.mounted, exit: b.guest.exitStatus, timedOut: b.guest.timedOut, end: b.out.sections.has('end') })
         .toEqual({ mounted: true, exit: 0, timedOut: false, end: true });
+      // The mount really is read-write where the write checks run (else the EROFS would be the guest's own).
+      const mount = section(b, 'mount').trim().split(/\s+/);
+      expect({ fstype: mount[2], rw: (mount[3] ?? '').split(',')[0] }).toEqual({ fstype: 'virtiofs', rw: spec.rw ? 'rw' : 'ro' });
       expect({ exit: b.daemon.exit, killed: b.daemon.killed }).toEqual({ exit: { code: 0, signal: null }, killed: false });
       // Every stderr line is a pino JSON line (a crash trace would not be) and none is at error level or worse.
       expect(b.daemon.nonJson).toEqual([]);

@@ -203,6 +203,7 @@ export function guestScript(fx: NixFixture, checks: Check[], opts: { afterWrites
     // Newlines become tabs so one check stays one line; no check output contains a tab.
     'res() { printf "R|%s|%s|%s\\n" "$1" "$2" "$(printf "%s" "$3" | tr "\\n" "\\t")"; }',
     'sec version', 'busybox 2>&1 | head -n1',
+    'sec mount', 'grep " /nix/store " /proc/mounts',
     'sec ls', 'ls -a -1 $S',
     'sec listing', `sh /cfs/listing.sh $S ${bases}`,
     'sec meta', `sh /cfs/meta.sh $S ${bases}`,
