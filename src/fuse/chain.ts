@@ -78,6 +78,12 @@ export class ChainReader {
     return this.#remaining;
   }
 
+  /** Stops reading `n` bytes before the current end (request extensions that trail the arguments). */
+  excludeTail(n: number): void {
+    if (!Number.isSafeInteger(n) || n < 0 || n > this.#remaining) throw new FuseDecodeError(`tail of ${n} bytes exceeds the request`);
+    this.#remaining -= n;
+  }
+
   /** Decodes one struct; a request too short for it is EINVAL. */
   read<T>(codec: Codec<T>): T {
     const n = codec.SIZE;

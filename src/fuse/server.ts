@@ -148,6 +148,11 @@ function readName(r: ChainReader): Buffer {
   return name;
 }
 
+/** A mapper's answer as an Outcome: 0, or a positive errno whichever sign it came with. */
+function daxErrno(v: number): number {
+  return Number.isInteger(v) && v !== 0 ? Math.min(Math.abs(v), 4095) : v === 0 ? OK : Errno.EIO;
+}
+
 function isDotOrDotDot(name: Buffer): boolean {
   return name[0] === DOT && (name.length === 1 || (name.length === 2 && name[1] === DOT));
 }
@@ -211,6 +216,8 @@ export class FuseServer implements RequestHandler {
     const out = new ChainWriter(request.writable, OutHeader.SIZE);
     let outcome: Outcome;
     try {
+      // 7.38: total_extlen 8-byte units of extensions (security context, groups) follow the arguments.
+      reader.excludeTail(header.totalExtlen * 8);
       outcome = handler({ header, ctx: header, in: reader, out });
     } catch (e) {
       outcome = this.#errnoFor(e, queueIndex, header);
@@ -610,7 +617,7 @@ export class FuseServer implements RequestHandler {
     const dax = this.#opts.dax;
     if (dax === undefined) return Errno.ENOSYS;
     const m = r.in.read(SetupMappingIn);
-    return dax.setupMapping(r.header.nodeid, m.fh, m.foffset, m.len, m.moffset, m.flags);
+    return daxErrno(dax.setupMapping(r.header.nodeid, m.fh, m.foffset, m.len, m.moffset, m.flags));
   }
 
   /* count comes from the guest: it must match the bytes that follow. */
@@ -621,7 +628,7 @@ export class FuseServer implements RequestHandler {
     if (count * RemoveMappingOne.SIZE > r.in.remaining) throw new FuseDecodeError('REMOVEMAPPING count exceeds the request');
     for (let i = 0; i < count; i++) {
       const one = r.in.read(RemoveMappingOne);
-      const err = dax.removeMapping(one.moffset, one.len);
+      const err = daxErrno(dax.removeMapping(one.moffset, one.len));
       if (err !== 0) return err;
     }
     return OK;

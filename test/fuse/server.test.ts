@@ -177,6 +177,17 @@ describe('dispatch', () => {
     }
   });
 
+  test('extensions (total_extlen) are not read as arguments, and may not exceed the request', async () => {
+    const { fs, server } = await setup();
+    const body = Buffer.concat([cName('name'), Buffer.alloc(3), Buffer.from('0800000020000000', 'hex')]);
+    const req = raw(Opcode.LOOKUP, body);
+    req.writeUInt16LE(1, 36);
+    expect(handleRaw(server, [req]).header?.error).toBe(0);
+    expect(fs.calls).toContain(`lookup 1 ${Buffer.from('name').toString('hex')}`);
+    req.writeUInt16LE(3, 36);
+    expect(handleRaw(server, [req]).header?.error).toBe(-Errno.EINVAL);
+  });
+
   test('a chain shorter than fuse_in_header gets EINVAL with unique 0', async () => {
     const { server } = await setup();
     expect(handleRaw(server, [Buffer.alloc(39)]).header).toEqual({ len: 16, error: -Errno.EINVAL, unique: 0n });
