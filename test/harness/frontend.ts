@@ -18,7 +18,7 @@
  *   fe.close()                      // closes the socket and every fd, unmaps memory
  *
  * Lower level, for protocol and negative tests:
- *   fe.call(request, payload?, { fds?, needReply?, flags? }) -> Promise<Buffer | null>  one message, awaits its reply if one is due
+ *   fe.call(request, payload?, { fds?, needReply?, flags?, expectReply? }) -> Promise<Buffer | null>  one message, awaits its reply if one is due
  *   fe.sync()                       // a GET_FEATURES round trip: everything sent before has been handled
  *   fe.sendRaw(bytes, fds?)         // arbitrary bytes on the socket
  *   fe.peerClosed                   // Promise<void> resolved when the backend closes the connection
@@ -465,7 +465,11 @@ export class Frontend {
    * Sends one request. Awaits and returns the reply payload when one is due: the
    * request always has one, or NEED_REPLY is set with REPLY_ACK agreed. Else null.
    */
-  async call(request: number, payload: Buffer = Buffer.alloc(0), o: { fds?: number[]; needReply?: boolean; flags?: number } = {}): Promise<Buffer | null> {
+  async call(
+    request: number,
+    payload: Buffer = Buffer.alloc(0),
+    o: { fds?: number[]; needReply?: boolean; flags?: number; expectReply?: boolean } = {},
+  ): Promise<Buffer | null> {
     const needReply = o.needReply ?? (this.mode === 'cloudHypervisor' && this.replyAck);
     const flags = o.flags ?? (VERSION | (needReply ? NEED_REPLY : 0));
     const msg = Buffer.alloc(HDR + payload.length);
@@ -473,7 +477,7 @@ export class Frontend {
     msg.writeUInt32LE(flags, 4);
     msg.writeUInt32LE(payload.length, 8);
     payload.copy(msg, HDR);
-    const due = ALWAYS_REPLY.has(request) || ((flags & NEED_REPLY) !== 0 && this.replyAck);
+    const due = o.expectReply ?? (ALWAYS_REPLY.has(request) || ((flags & NEED_REPLY) !== 0 && this.replyAck));
     const reply = due ? this.#nextReply(request) : null;
     this.sendRaw(msg, o.fds ?? []);
     if (reply === null) return null;
@@ -514,7 +518,13 @@ export class Frontend {
   #onReadable(): void {
     for (;;) {
       if (this.#rxLen === this.#rx.length) this.#rx = Buffer.concat([this.#rx, Buffer.alloc(this.#rx.length)]);
-      const r = native.recvmsg(this.#fd, this.#rx, this.#rxLen, this.#rx.length - this.#rxLen);
+      let r: native.Received | null;
+      try {
+        r = native.recvmsg(this.#fd, this.#rx, this.#rxLen, this.#rx.length - this.#rxLen);
+      } catch {
+        // ECONNRESET: the backend closed with bytes of ours still unread.
+        return this.#onPeerClosed();
+      }
       if (r === null) break;
       for (const fd of r.fds) native.closeQuietly(fd);
       if (r.bytes === 0) return this.#onPeerClosed();
