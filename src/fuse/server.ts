@@ -48,7 +48,6 @@ import {
   SyncfsIn,
   direntplusSize,
   direntSize,
-  type Attr,
 } from './abi';
 import { ChainReader, ChainWriter, totalLength } from './chain';
 import { Errno, errnoOf, FuseDecodeError } from './errno';
