@@ -69,8 +69,8 @@ export interface VhostUserSessionOptions {
 /** virtio-fs config space (§5.11.4): u8 tag[36]; le32 num_request_queues. */
 export const FS_TAG_SIZE = 36;
 export const FS_CONFIG_SIZE = FS_TAG_SIZE + 4;
-/** Messages handled per socket wakeup before yielding to kicks and timers. */
-const MESSAGES_PER_WAKEUP = 64;
+/** Socket reads per wakeup (a message takes two) before yielding to kicks and timers. */
+const READS_PER_WAKEUP = 64;
 
 /** A snapshot of protocol state, for tests and diagnostics. */
 export interface SessionState {
@@ -179,7 +179,7 @@ export class VhostUserSession extends EventEmitter {
 
   #onReadable(): void {
     try {
-      for (let i = 0; i < MESSAGES_PER_WAKEUP && !this.#closed; i++) {
+      for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
         if (!this.#readOnce()) return;
       }
     } catch (e) {

@@ -35,13 +35,11 @@ export interface MemoryRegionDescriptor {
 }
 
 export interface GuestMemoryRegion extends MemoryRegionDescriptor {
-  /** The fd the region was mapped from (owned here), or -1 for an attached buffer. */
+  /** The fd the region was mapped from (owned here: closed on remove/close). */
   readonly fd: number;
   readonly mapping: ArrayBuffer;
   /** Where the region starts inside `mapping` (mmap offsets are page-aligned, region offsets need not be). */
   readonly mapDelta: number;
-  /** Whether close/remove must munmap `mapping`. */
-  readonly owned: boolean;
 }
 
 export interface GuestMemoryOptions {
@@ -78,20 +76,6 @@ export class GuestMemory {
       native.closeQuietly(fd);
       throw e;
     }
-  }
-
-  /**
-   * Adds a region backed by memory the caller already has (tests, a mapping
-   * shared with another component). It is never unmapped here.
-   */
-  attach(desc: MemoryRegionDescriptor, mapping: ArrayBuffer, mapDelta = 0): GuestMemoryRegion {
-    this.#checkAddable(desc, this.#regions);
-    if (mapDelta < 0 || mapDelta + desc.size > mapping.byteLength) {
-      throw new MemoryTableError(`region of ${desc.size} bytes at delta ${mapDelta} does not fit a ${mapping.byteLength}-byte mapping`);
-    }
-    const region: GuestMemoryRegion = { ...pick(desc), fd: -1, mapping, mapDelta, owned: false };
-    this.#regions.push(region);
-    return region;
   }
 
   /**
@@ -232,16 +216,14 @@ function mapRegion(desc: MemoryRegionDescriptor, fd: number): GuestMemoryRegion 
   // mmap(2) wants a page-aligned file offset: map from the page below and remember the delta.
   const mapDelta = desc.mmapOffset % native.PAGE_SIZE;
   const mapping = native.mmap(fd, desc.size + mapDelta, desc.mmapOffset - mapDelta, { shared: true, writable: true });
-  return { ...pick(desc), fd, mapping, mapDelta, owned: true };
+  return { ...pick(desc), fd, mapping, mapDelta };
 }
 
 function releaseRegion(r: GuestMemoryRegion): void {
-  if (r.owned) {
-    try {
-      native.munmap(r.mapping);
-    } catch {
-      /* already unmapped: nothing left to release */
-    }
+  try {
+    native.munmap(r.mapping);
+  } catch {
+    /* already unmapped: nothing left to release */
   }
   native.closeQuietly(r.fd);
 }

@@ -123,12 +123,17 @@ export class Virtqueue {
     this.#unmapRings();
   }
 
-  /** The first available-ring index to process (SET_VRING_BASE). */
+  /**
+   * The first available-ring index to process (SET_VRING_BASE). The frontend
+   * sends it when it (re)initialises a stopped ring, so it also clears a
+   * broken state: the driver has started over.
+   */
   setBase(nextAvail: number): void {
     if (!Number.isInteger(nextAvail) || nextAvail < 0 || nextAvail > 0xffff) {
       throw new VirtqueueConfigError(`queue ${this.index}: base ${nextAvail} is not a 16-bit ring index`);
     }
     this.#nextAvail = nextAvail;
+    this.#broken = null;
   }
 
   /**

@@ -13,7 +13,7 @@
  *   await fe.handshake()            // replays opts.mode: 'qemu72' (default) or 'cloudHypervisor'; queues are live after it
  *   await fe.request(q, readable: Buffer[], writableSizes: number[], { indirect? }) -> { usedLen, written, head }
  *   await fe.batch(q, [{ readable, writableSizes, indirect? }, ...])  -> results, one kick for the whole batch
- *   fe.submit(q, chain) -> Promise<result>  (no kick) ; fe.kick(q)
+ *   fe.submit(q, chain) -> Promise<result>  (no kick) ; fe.kick(q) ; fe.kickFd(q)
  *   await fe.stop()                 // QEMU's shutdown: SET_VRING_ENABLE 0, GET_VRING_BASE (returns the bases)
  *   fe.close()                      // closes the socket and every fd, unmaps memory
  *
@@ -743,6 +743,11 @@ export class Frontend {
 
   kick(q: number): void {
     native.eventfdWrite(this.#kickFds[q], 1);
+  }
+
+  /** Queue q's kick eventfd (to send it again, e.g. when restarting a ring). */
+  kickFd(q: number): number {
+    return this.#kickFds[q];
   }
 
   #place(b: Buffer): number {

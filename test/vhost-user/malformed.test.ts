@@ -215,6 +215,18 @@ describe('guest faults in a ring stop that queue only', () => {
     return broken as string;
   }
 
+  it('a broken ring is revived when the frontend re-initialises it (GET_VRING_BASE, SET_VRING_BASE, SET_VRING_KICK)', async () => {
+    await offerBroken([[0, { addr: 0x1000, len: 8, flags: 1, next: 0 }]], 0);
+    const q = p.fe.queue(1);
+    // The driver starts over: head 0 now holds a valid (zero-length) chain.
+    q.writeDescriptor(q.desc, 0, { addr: 0, len: 0, flags: 2, next: 0 });
+    expect((await p.fe.call(Req.GET_VRING_BASE, vringState(1, 0)))?.readUInt32LE(4)).toBe(0);
+    await p.fe.call(Req.SET_VRING_BASE, vringState(1, 0));
+    await p.fe.call(Req.SET_VRING_KICK, u64(1n), { fds: [p.fe.kickFd(1)] });
+    expect((await p.fe.request(1, [Buffer.from('revived')], [8])).written.toString()).toBe('revived');
+    expect(p.session.state().vrings[1]).toMatchObject({ broken: null, nextAvail: 2 });
+  });
+
   it('"MUST NOT create a descriptor chain longer than the Queue Size": a descriptor loop', async () => {
     expect(await offerBroken([[0, { addr: 0x1000, len: 8, flags: 1, next: 0 }]], 0)).toMatch(/loop/);
     expect(p.log.find('error', '"rule":"loop"')).toHaveLength(1);
