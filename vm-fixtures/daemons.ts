@@ -79,17 +79,22 @@ function newestMtime(dir: string, ext: string): number {
   return newest;
 }
 
+let checkedCli: string | undefined;
+
 /**
  * dist/src/cli.js, checked to exist and to be at least as new as every src/**.ts: a stale build would make a
- * guest test pass or fail against code that is no longer there.
+ * guest test pass or fail against code that is no longer there. Checked once per process, at the first
+ * daemon start (right after `npm test` built it), so that editing src/ during a long run does not fail it.
  */
 export function closurefsCli(): string {
+  if (checkedCli !== undefined) return checkedCli;
   const root = repoRoot();
   const cli = path.join(root, 'dist', 'src', 'cli.js');
   if (!fs.existsSync(cli)) throw new Error(`${cli} does not exist: run \`npm run build\` first`);
   const built = fs.statSync(cli).mtimeMs;
   const src = newestMtime(path.join(root, 'src'), '.ts');
   if (src > built + 1000) throw new Error(`${cli} is older than src/ (a source file changed after the last build): run \`npm run build\``);
+  checkedCli = cli;
   return cli;
 }
 
