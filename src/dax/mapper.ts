@@ -5,6 +5,7 @@
  * regions"). The guest then reads the host page cache directly; every guest
  * mapping the same file shares one copy of each page.
  */
+import type { DaxMapper as FuseDaxMapper } from '../fuse/server';
 import * as native from '../native';
 import { DaxWindow, WindowMapping } from './window';
 
@@ -40,7 +41,7 @@ export interface DaxMapperOptions {
   /** The backend channel, when the frontend set one up (SET_BACKEND_REQ_FD). */
   channel: () => ShmemChannel | null;
   /** Opens the file behind a nodeid read-only; an errno for directories, symlinks, unknown nodes. */
-  openFile: (nodeid: bigint) => MappableFile;
+  openFile: (nodeid: number) => MappableFile;
   logger?: { warn(o: object, msg: string): void; debug(o: object, msg: string): void };
 }
 
@@ -62,17 +63,23 @@ function pageAligned(n: number): boolean {
   return n % PAGE === 0;
 }
 
-export class DaxMapper {
+/** A guest u64 as a Number, or -1 when it cannot be one of our offsets (>= 2^53). */
+function toOffset(v: bigint): number {
+  return v >= 0n && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : -1;
+}
+
+export class DaxMapper implements FuseDaxMapper {
   constructor(private readonly opts: DaxMapperOptions) {}
 
   /**
    * Maps [foffset, foffset+len) of nodeid's file at moffset in the window. Returns 0 or an errno.
-   * The range is clipped to the pages the file holds: a page of the window past the file's
-   * end would fault in the VMM, not in the guest.
+   * fh is ignored: the kernel sends -1 and means "the file of nodeid". The range is clipped
+   * to the pages the file holds: a window page past the file's end would fault in the VMM.
    */
-  setupMapping(nodeid: bigint, foffset: number, len: number, moffset: number, flags: number): number {
-    if (flags & SETUPMAPPING_FLAG_WRITE) return EROFS;
-    if (!this.opts.window.contains(moffset, len) || !pageAligned(moffset) || !pageAligned(foffset) || !Number.isSafeInteger(foffset)) return EINVAL;
+  setupMapping(nodeid: number, _fh: bigint, foffset64: bigint, len64: bigint, moffset64: bigint, flags: bigint): number {
+    const [foffset, len, moffset] = [toOffset(foffset64), toOffset(len64), toOffset(moffset64)];
+    if (flags & BigInt(SETUPMAPPING_FLAG_WRITE)) return EROFS;
+    if (foffset < 0 || !this.opts.window.contains(moffset, len) || !pageAligned(moffset) || !pageAligned(foffset)) return EINVAL;
     const channel = this.opts.channel();
     if (channel === null) return ENOSYS;
     const file = this.opts.openFile(nodeid);
@@ -94,7 +101,8 @@ export class DaxMapper {
   }
 
   /** Unmaps every mapping wholly inside [moffset, moffset+len). Returns 0 or an errno. */
-  removeMapping(moffset: number, len: number): number {
+  removeMapping(moffset64: bigint, len64: bigint): number {
+    const [moffset, len] = [toOffset(moffset64), toOffset(len64)];
     if (!this.opts.window.contains(moffset, len)) return EINVAL;
     const { inside, straddling } = this.opts.window.within(moffset, len);
     // Half a mapping cannot be unmapped (the frontend only accepts exact unmaps).

@@ -10,7 +10,7 @@ export interface WindowMapping {
   readonly moffset: number;
   /** Bytes actually mapped: whole pages, never past the page holding the file's end. */
   readonly len: number;
-  readonly nodeid: bigint;
+  readonly nodeid: number;
   /** Offset in the file (fd_offset). */
   readonly foffset: number;
 }

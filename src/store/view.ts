@@ -22,6 +22,7 @@ import type { Attr, KStatfs } from '../fuse/abi';
 import { Errno, FsError } from '../fuse/errno';
 import { FileSystem, opensForWrite, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type RequestContext } from '../fuse/filesystem';
 import type { FuseLogger } from '../fuse/server';
+import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
 import { identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Node, type NodeKind } from './nodes';
@@ -287,6 +288,29 @@ export class ClosureView extends FileSystem {
   }
 
   // ---- files ------------------------------------------------------------------------------
+
+  /**
+   * A fresh read-only fd and the size of nodeid's regular file, for the DAX
+   * window (the VMM maps the fd; the caller closes it). Not a handle: it does not
+   * count against the open-file cap and outlives no request.
+   */
+  openForMapping(nodeid: number): { fd: number; size: number } | { errno: number } {
+    const node = this.#nodes.get(nodeid);
+    if (node === undefined) return { errno: Errno.ENOENT };
+    if (node.kind !== 'reg') return { errno: node.kind === 'dir' ? Errno.EISDIR : Errno.EINVAL };
+    let fd: number;
+    try {
+      fd = this.#openRel(node.relPath, c.O_RDONLY | c.O_NONBLOCK);
+    } catch (e) {
+      return { errno: isErrnoError(e) ? e.errno : Errno.EIO };
+    }
+    const st = native.statx(fd, '', STATX_NOFOLLOW);
+    if (identityOf(st) !== node.identity) {
+      native.closeQuietly(fd);
+      return { errno: Errno.ESTALE };
+    }
+    return { fd, size: st.size };
+  }
 
   override open(_ctx: RequestContext, nodeid: number, flags: number): number {
     if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
