@@ -365,10 +365,19 @@ export class VhostUserSession extends EventEmitter {
     configOp(() => v.queue.setBase(num));
   }
 
-  /** Stops the ring and reports where the device would continue (vhost-user "Ring states"). */
+  /**
+   * Stops the ring and reports where the device would continue (vhost-user
+   * "Ring states"). A bad index has no state to report: the reply is empty, as
+   * GET_CONFIG signals failure, rather than a u64 the frontend would misread
+   * as {index, num}.
+   */
   #getVringBase(m: VhostUserMessage): Buffer {
     const { index } = readVringState(m.payload);
-    const v = this.#vring(index);
+    const v = this.#vrings[index];
+    if (v === undefined) {
+      this.#log.warn({ index }, 'GET_VRING_BASE for a vring that does not exist');
+      return Buffer.alloc(0);
+    }
     this.#stopVring(v);
     return encodeVringState({ index, num: v.queue.nextAvail });
   }

@@ -140,6 +140,11 @@ describe('refused requests get a failure ack and the connection keeps working', 
     expect(p.log.find('warn', /vring index 5 is out of range/)).toHaveLength(1);
   });
 
+  it('GET_VRING_BASE of a vring that does not exist gets an empty reply', async () => {
+    expect(await p.fe.call(Req.GET_VRING_BASE, vringState(9, 0))).toEqual(Buffer.alloc(0));
+    expect(p.log.find('warn', 'GET_VRING_BASE for a vring that does not exist')).toHaveLength(1);
+  });
+
   it('"Queue Size ... MUST be a power of 2": SET_VRING_NUM 100 on a stopped ring', async () => {
     await p.fe.call(Req.GET_VRING_BASE, vringState(0, 0));
     expect(await p.fe.callAck(Req.SET_VRING_NUM, vringState(0, 100))).toBe(EINVAL);
