@@ -226,6 +226,9 @@ function validate(o: Record<string, unknown>): DaemonOptions {
   if (tag !== undefined && (tag.length === 0 || Buffer.byteLength(tag) > TAG_MAX)) {
     throw new UsageError(`--tag must be 1 to ${TAG_MAX} bytes, got ${Buffer.byteLength(tag)}`);
   }
+  const dax = o.daxWindow as number | undefined;
+  // The guest splits the window into 2 MiB ranges (fs/fuse/dax.c FUSE_DAX_SZ).
+  if (dax !== undefined && (dax === 0 || dax % (2 << 20) !== 0)) throw new UsageError(`--dax-window must be a non-zero multiple of 2M, got ${dax} bytes`);
   const ignored = [
     ...Object.entries(IGNORED_FLAGS)
       .filter(([key]) => o[key] !== undefined)

@@ -7,6 +7,8 @@
 import * as fs from 'node:fs';
 import { EXIT, DaemonOptions, UsageError, parseArgs } from './cli-options';
 import { Daemon, SocketSetupError, openListener } from './daemon';
+import { DaxMapper } from './dax/mapper';
+import { DaxWindow } from './dax/window';
 import { isErrnoError } from './errors';
 import { FuseServer } from './fuse';
 import { Logger, createLogger } from './log';
@@ -29,13 +31,32 @@ function checkStoreDir(storeDir: string): void {
   if (!st.isDirectory()) throw new StoreDirError(`store directory ${storeDir} is not a directory`);
 }
 
-/** A fresh view and FUSE server per frontend: node and handle tables belong to one guest mount. */
+/**
+ * A fresh view, FUSE server and DAX window per frontend: node and handle tables
+ * and window mappings belong to one guest mount (a reset or reconnect drops them).
+ */
 function startSession(fd: number, opts: DaemonOptions, paths: readonly string[], logger: Logger): VhostUserSession {
   const view = new ClosureView({ storeDir: opts.storeDir, paths, maxHandles: opts.maxOpenFiles, logger });
-  const server = new FuseServer(view, { cache: opts.cache, logger });
-  const session = new VhostUserSession(
+  let session: VhostUserSession | null = null;
+  const dax =
+    opts.daxWindow === undefined
+      ? undefined
+      : new DaxMapper({
+          window: new DaxWindow(opts.daxWindow),
+          channel: () => session?.backendChannel ?? null,
+          openFile: (nodeid) => view.openForMapping(nodeid),
+          logger,
+        });
+  const server = new FuseServer(view, { cache: opts.cache, logger, dax });
+  session = new VhostUserSession(
     fd,
-    { numQueues: 1 + opts.numRequestQueues, tag: opts.tag, handler: server },
+    {
+      numQueues: 1 + opts.numRequestQueues,
+      tag: opts.tag,
+      handler: server,
+      shmemSizes: opts.daxWindow === undefined ? undefined : [opts.daxWindow],
+      reset: () => dax?.reset(),
+    },
     { logger },
   );
   session.once('close', () => view.close());

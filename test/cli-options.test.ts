@@ -101,6 +101,7 @@ describe('usage errors name the problem', () => {
     [[...BASE, '--tag', 'x'.repeat(37)], /--tag must be 1 to 36 bytes/],
     [[...BASE, 'stray'], /too many arguments/],
     [[...BASE, '-o', 'cache=sometimes'], /-o cache=sometimes/],
+    [[...BASE, '--dax-window', '3M'], /--dax-window must be a non-zero multiple of 2M/],
   ])('%j', (argv, pattern) => {
     expect(usageError(argv as string[])).toMatch(pattern);
   });

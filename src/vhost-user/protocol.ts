@@ -175,7 +175,12 @@ export const PAYLOAD_SIZES: ReadonlyMap<number, SizeRule> = new Map<number, Size
   [R.GET_MAX_MEM_SLOTS, 0],
   [R.ADD_MEM_REG, u64 + MEMORY_REGION_SIZE],
   [R.REM_MEM_REG, u64 + MEMORY_REGION_SIZE],
+  [R.GET_SHMEM_CONFIG, 0],
 ]);
+
+/** VhostUserShMemConfig: { le32 nregions; le32 padding; le64 memory_sizes[256]; } */
+export const MAX_SHMEM_REGIONS = 256;
+export const SHMEM_CONFIG_SIZE = 8 + 8 * MAX_SHMEM_REGIONS;
 
 export function payloadSizeAllowed(request: number, size: number): boolean {
   if (size > MAX_PAYLOAD) return false;

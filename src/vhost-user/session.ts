@@ -43,6 +43,8 @@ import {
   OFFERED_PROTOCOL_FEATURES,
   ProtocolFeature,
   REQUESTS_WITH_REPLY,
+  MAX_SHMEM_REGIONS,
+  SHMEM_CONFIG_SIZE,
   VERSION,
   VRING_F_LOG,
   VirtioFeature,
@@ -56,6 +58,11 @@ export interface VhostUserDevice {
   /** virtio-fs tag; when given, GET_CONFIG serves it and PROTOCOL_F_CONFIG is offered. */
   readonly tag?: string;
   handler: RequestHandler;
+  /**
+   * Sizes of the device's shared memory regions, by shmid (virtio-fs: [DAX window]).
+   * When given, PROTOCOL_F_SHMEM is offered and GET_SHMEM_CONFIG answers with them.
+   */
+  readonly shmemSizes?: readonly number[];
   /** Called on RESET_DEVICE / RESET_OWNER: drop per-guest state (open files, DAX mappings). */
   reset?(): void;
 }
@@ -126,7 +133,8 @@ export class VhostUserSession extends EventEmitter {
     this.#log = opts.logger ?? silentLogger;
     this.#backendTimeoutMs = opts.backendTimeoutMs;
     this.#config = device.tag === undefined ? null : fsConfig(device.tag, device.numQueues - 1);
-    this.#offeredProtocol = OFFERED_PROTOCOL_FEATURES | (this.#config ? ProtocolFeature.CONFIG : 0n);
+    this.#offeredProtocol =
+      OFFERED_PROTOCOL_FEATURES | (this.#config ? ProtocolFeature.CONFIG : 0n) | (device.shmemSizes?.length ? ProtocolFeature.SHMEM : 0n);
     this.#vrings = Array.from({ length: device.numQueues }, (_, index) => this.#newVring(index));
     this.#handlers = this.#handlerTable();
     native.setNonBlocking(fd, true);
@@ -269,6 +277,7 @@ export class VhostUserSession extends EventEmitter {
       [R.SET_VRING_ENABLE]: (m) => this.#setVringEnable(m),
       [R.SET_BACKEND_REQ_FD]: (m) => this.#setBackendReqFd(m),
       [R.GET_CONFIG]: (m) => this.#getConfig(m),
+      [R.GET_SHMEM_CONFIG]: () => this.#getShmemConfig(),
       [R.SET_CONFIG]: () => {
         throw new VhostUserRequestError('the virtio-fs configuration space is read-only (§5.11.4)');
       },
@@ -430,6 +439,16 @@ export class VhostUserSession extends EventEmitter {
     });
   }
 
+  /** GET_SHMEM_CONFIG: the sizes of the shared memory regions (the DAX window is shmid 0). */
+  #getShmemConfig(): Buffer {
+    const sizes = this.#device.shmemSizes ?? [];
+    if (sizes.length === 0) throw new VhostUserRequestError('GET_SHMEM_CONFIG without shared memory regions (PROTOCOL_F_SHMEM not offered)');
+    const b = Buffer.alloc(SHMEM_CONFIG_SIZE);
+    b.writeUInt32LE(sizes.length, 0);
+    sizes.forEach((size, i) => b.writeBigUInt64LE(BigInt(size), 8 + 8 * i));
+    return b;
+  }
+
   /** GET_CONFIG: the requested slice of the config space; an empty payload signals failure. */
   #getConfig(m: VhostUserMessage): Buffer {
     const c = readConfig(m.payload);
@@ -561,6 +580,10 @@ export class VhostUserSession extends EventEmitter {
 function checkDevice(d: VhostUserDevice): void {
   if (!Number.isInteger(d.numQueues) || d.numQueues < 1 || d.numQueues > 256) {
     throw new RangeError(`numQueues ${d.numQueues} must be in [1, 256]: vring indices are 8 bits on the wire`);
+  }
+  const sizes = d.shmemSizes ?? [];
+  if (sizes.length > MAX_SHMEM_REGIONS || sizes.some((n) => !Number.isSafeInteger(n) || n <= 0)) {
+    throw new RangeError(`shmemSizes must be at most ${MAX_SHMEM_REGIONS} positive sizes`);
   }
 }
 

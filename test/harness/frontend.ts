@@ -42,10 +42,11 @@ export const Req = {
   SET_VRING_KICK: 12, SET_VRING_CALL: 13, SET_VRING_ERR: 14, GET_PROTOCOL_FEATURES: 15,
   SET_PROTOCOL_FEATURES: 16, GET_QUEUE_NUM: 17, SET_VRING_ENABLE: 18, SET_BACKEND_REQ_FD: 21,
   GET_CONFIG: 24, SET_CONFIG: 25, RESET_DEVICE: 34, GET_MAX_MEM_SLOTS: 36, ADD_MEM_REG: 37, REM_MEM_REG: 38,
+  GET_SHMEM_CONFIG: 44,
 } as const;
 
 /** Requests whose reply is part of the request (not a REPLY_ACK). */
-const ALWAYS_REPLY = new Set<number>([Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_VRING_BASE, Req.GET_QUEUE_NUM, Req.GET_CONFIG, Req.GET_MAX_MEM_SLOTS]);
+const ALWAYS_REPLY = new Set<number>([Req.GET_FEATURES, Req.GET_PROTOCOL_FEATURES, Req.GET_VRING_BASE, Req.GET_QUEUE_NUM, Req.GET_CONFIG, Req.GET_MAX_MEM_SLOTS, Req.GET_SHMEM_CONFIG]);
 
 export const F = {
   INDIRECT_DESC: 1n << 28n, EVENT_IDX: 1n << 29n, PROTOCOL_FEATURES: 1n << 30n, VERSION_1: 1n << 32n, LOG_ALL: 1n << 26n,
@@ -54,7 +55,7 @@ export const F = {
 export const PF = {
   MQ: 1n << 0n, LOG_SHMFD: 1n << 1n, REPLY_ACK: 1n << 3n, BACKEND_REQ: 1n << 5n, CONFIG: 1n << 9n,
   BACKEND_SEND_FD: 1n << 10n, HOST_NOTIFIER: 1n << 11n, INFLIGHT_SHMFD: 1n << 12n, RESET_DEVICE: 1n << 13n,
-  CONFIGURE_MEM_SLOTS: 1n << 15n, DEVICE_STATE: 1n << 19n,
+  CONFIGURE_MEM_SLOTS: 1n << 15n, DEVICE_STATE: 1n << 19n, SHMEM: 1n << 22n,
 } as const;
 
 const VERSION = 1;
@@ -97,6 +98,8 @@ export interface FrontendOptions {
   protocolFeatures?: boolean;
   /** Answer for requests on the backend channel; default ack 0. */
   onBackendRequest?: (req: BackendChannelRequest) => bigint;
+  /** Protocol features to accept beyond the recorded mode's (e.g. PF.SHMEM for a DAX window). */
+  extraProtocolFeatures?: bigint;
   timeoutMs?: number;
   /** How long connect() keeps retrying a socket path that is not there yet. */
   connectTimeoutMs?: number;
@@ -161,6 +164,14 @@ function vringState(index: number, num: number): Buffer {
   b.writeUInt32LE(index, 0);
   b.writeUInt32LE(num, 4);
   return b;
+}
+
+/** VhostUserShMemConfig: { le32 nregions; le32 padding; le64 memory_sizes[256]; } */
+function decodeShmemConfig(b: Buffer | null): number[] {
+  if (b === null || b.length !== 8 + 8 * 256) throw new Error(`GET_SHMEM_CONFIG reply of ${b?.length ?? 0} bytes, expected 2056`);
+  const n = b.readUInt32LE(0);
+  if (n > 256) throw new Error(`GET_SHMEM_CONFIG: nregions ${n} > 256`);
+  return Array.from({ length: n }, (_, i) => Number(b.readBigUInt64LE(8 + 8 * i)));
 }
 
 function alignUp(n: number, a: number): number {
@@ -385,6 +396,8 @@ export class Frontend {
   readonly memory: GuestRam;
   readonly backendRequests: BackendChannelRequest[] = [];
   readonly acked: Acked = { features: 0n, protocolFeatures: 0n, queueNum: 0, maxMemSlots: 0 };
+  /** Sizes of the backend's shared memory regions by shmid, from GET_SHMEM_CONFIG (when SHMEM was agreed). */
+  shmemSizes: number[] = [];
   /** Resolved when the backend closes the connection. */
   readonly peerClosed: Promise<void>;
   readonly #fd: number;
@@ -612,9 +625,11 @@ export class Frontend {
   }
 
   async #negotiateProtocol(ours: bigint): Promise<void> {
-    const pf = (await this.getU64(Req.GET_PROTOCOL_FEATURES)) & ours;
+    const pf = (await this.getU64(Req.GET_PROTOCOL_FEATURES)) & (ours | (this.#opts.extraProtocolFeatures ?? 0n));
     await this.call(Req.SET_PROTOCOL_FEATURES, u64(pf));
     this.acked.protocolFeatures = pf;
+    // A frontend with shared memory regions asks for their sizes right after negotiation.
+    if (pf & PF.SHMEM) this.shmemSizes = decodeShmemConfig(await this.call(Req.GET_SHMEM_CONFIG));
   }
 
   async #setFeatures(features: bigint): Promise<void> {
