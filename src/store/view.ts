@@ -216,20 +216,22 @@ export class ClosureView extends FileSystem {
     if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) {
       throw new FsError(Errno.ENOENT); // not in the closure: '.links', .drv files, other outputs, other closures
     }
-    const fd = this.#dirFdOf(dir.relPath);
+    // Keyed by the directory's identity: a string the node already holds, so the hot path builds none.
+    const fd = dir.nodeid === ROOT_NODEID ? this.#storeFd : this.#dirFdOf(dir.identity, dir.relPath);
     const st = native.statx(fd, name, c.AT_SYMLINK_NOFOLLOW);
-    const relPath = dir.nodeid === ROOT_NODEID ? Buffer.from(name) : Buffer.concat([dir.relPath, SLASH, name]);
+    // The path is only needed when the node is new; a known node keeps the one it has.
+    const relPath = () => (dir.nodeid === ROOT_NODEID ? Buffer.from(name) : Buffer.concat([dir.relPath, SLASH, name]));
     return this.#entry(this.#nodeFor(st, relPath));
   }
 
   /** The node for a stat result (made on first sight), counting one lookup. */
-  #nodeFor(st: native.Statx, relPath: Buffer): Node {
+  #nodeFor(st: native.Statx, relPath: () => Buffer): Node {
     const kind = kindOf(st.mode);
     if (kind === undefined) throw new FsError(Errno.ENOENT);
     const identity = identityOf(st);
     return this.#nodes.lookupOrCreate(identity, (nodeid) => ({
       nodeid,
-      relPath,
+      relPath: relPath(),
       kind,
       identity,
       attr: canonicalAttr(st, kind, this.#inos.of(identity)),
@@ -241,8 +243,8 @@ export class ClosureView extends FileSystem {
     const slash = dir.relPath.lastIndexOf(SLASH[0]);
     if (slash < 0) return this.#nodes.ref(this.#nodes.root);
     const parentRel = dir.relPath.subarray(0, slash);
-    const st = native.statx(this.#dirFdOf(parentRel), '', STATX_NOFOLLOW);
-    return this.#nodeFor(st, Buffer.from(parentRel));
+    const st = native.statx(this.#dirFdOfPath(parentRel), '', STATX_NOFOLLOW);
+    return this.#nodeFor(st, () => Buffer.from(parentRel));
   }
 
   override forget(nodeid: number, nlookup: number): void {
@@ -259,7 +261,7 @@ export class ClosureView extends FileSystem {
     if (node.kind !== 'lnk') throw new FsError(Errno.EINVAL);
     const slash = node.relPath.lastIndexOf(SLASH[0]);
     const parentRel = slash < 0 ? Buffer.alloc(0) : node.relPath.subarray(0, slash);
-    return native.readlinkat(this.#dirFdOf(parentRel), node.relPath.subarray(slash + 1));
+    return native.readlinkat(this.#dirFdOfPath(parentRel), node.relPath.subarray(slash + 1));
   }
 
   override access(_ctx: RequestContext, nodeid: number, mask: number): void {
@@ -276,9 +278,9 @@ export class ClosureView extends FileSystem {
   }
 
   /** An O_PATH fd of a directory of the view (the store dir for the root), cached. */
-  #dirFdOf(relPath: Buffer): number {
+  /** An O_PATH fd of the directory at relPath, cached under `key` (identities never start with '/'). */
+  #dirFdOf(key: string, relPath: Buffer): number {
     if (relPath.length === 0) return this.#storeFd;
-    const key = relPath.toString('latin1');
     let fd = this.#dirFds.get(key);
     if (fd === undefined) {
       fd = this.#openRel(relPath, c.O_PATH | c.O_DIRECTORY);
@@ -286,6 +288,11 @@ export class ClosureView extends FileSystem {
     }
     return fd;
   }
+
+  #dirFdOfPath(relPath: Buffer): number {
+    return this.#dirFdOf(`/${relPath.toString('latin1')}`, relPath);
+  }
+
 
   // ---- files ------------------------------------------------------------------------------
 
