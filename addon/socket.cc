@@ -78,20 +78,25 @@ static Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// Arguments i, i+1, i+2: a Buffer and the [offset, offset+length) part of it to use.
+static iovec ArgBufferRange(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsBuffer()) throw Napi::TypeError::New(info.Env(), "buffer must be a Buffer");
+  auto buf = info[i].As<Napi::Buffer<uint8_t>>();
+  uint32_t offset = ArgUint32(info, i + 1, "offset");
+  uint32_t length = ArgUint32(info, i + 2, "length");
+  if (static_cast<uint64_t>(offset) + length > buf.Length()) throw Napi::RangeError::New(info.Env(), "offset + length exceeds the buffer");
+  return iovec{buf.Data() + offset, length};
+}
+
 // recvmsg(fd, buffer, offset, length) -> { bytes, fds, truncated }
 // bytes is 0 at end of stream. truncated reports MSG_CTRUNC: the sender sent
 // more fds than fit; the kernel closed the excess ones.
 static Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
-  if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "buffer must be a Buffer");
-  auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  uint32_t offset = ArgUint32(info, 2, "offset");
-  uint32_t length = ArgUint32(info, 3, "length");
-  if (static_cast<uint64_t>(offset) + length > buf.Length()) throw Napi::RangeError::New(env, "offset + length exceeds the buffer");
+  iovec iov = ArgBufferRange(info, 1);
 
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  iovec iov{buf.Data() + offset, length};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -127,11 +132,7 @@ static Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
 static Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
-  if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "buffer must be a Buffer");
-  auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  uint32_t offset = ArgUint32(info, 2, "offset");
-  uint32_t length = ArgUint32(info, 3, "length");
-  if (static_cast<uint64_t>(offset) + length > buf.Length()) throw Napi::RangeError::New(env, "offset + length exceeds the buffer");
+  iovec iov = ArgBufferRange(info, 1);
   std::vector<int> fds;
   if (info.Length() > 4 && !info[4].IsUndefined()) {
     if (!info[4].IsArray()) throw Napi::TypeError::New(env, "fds must be an array");
@@ -144,7 +145,6 @@ static Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     }
   }
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  iovec iov{buf.Data() + offset, length};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
