@@ -21,6 +21,7 @@ import { FuseClient, FuseTransport, cName, encode } from '../test/harness/fuse-c
 const ROOT = path.resolve(__dirname, '..', '..');
 const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const MiB = 1 << 20;
+/** Chains per kick for the throughput rows; the latency rows send one at a time. */
 const BATCH = 16;
 
 export interface BenchTree {
@@ -60,7 +61,7 @@ function startDaemon(name: DaemonName, tree: BenchTree): Running {
   const sock = path.join(dir, 'vhost.sock');
   const proc =
     name === 'closurefs'
-      ? spawn(process.execPath, [...nodeArgs(), path.join(ROOT, 'dist/src/cli.js'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
+      ? spawn(process.execPath, [...nodeArgs(), path.join(ROOT, 'bin/closurefs'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
       : spawn(VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${tree.storeDir}`, '-o', 'cache=always', '-o', 'log_level=err'], { stdio: ['ignore', 'ignore', 'inherit'] });
   return { proc, sock, dir };
 }
@@ -72,9 +73,14 @@ async function stopDaemon(r: Running): Promise<void> {
   fs.rmSync(r.dir, { recursive: true, force: true });
 }
 
-/** Extra node flags for the closurefs process, e.g. CFS_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'. */
+/**
+ * Node flags for the closurefs process: those bin/closurefs runs with (its #! line), plus
+ * CFS_BENCH_NODE_ARGS, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.
+ */
 function nodeArgs(): string[] {
-  return (process.env.CFS_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const shebang = fs.readFileSync(path.join(ROOT, 'bin/closurefs'), 'utf8').split('\n')[0];
+  const own = shebang.split(' ').filter((a) => a.startsWith('--'));
+  return [...own, ...(process.env.CFS_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')];
 }
 
 let unique = 1n;
@@ -91,15 +97,25 @@ function check(opcode: number, written: Buffer, usedLen: number, minLen: number)
   if (out.error !== 0 || usedLen < minLen) throw new Error(`opcode ${opcode}: error ${out.error}, ${usedLen} bytes`);
 }
 
-/** Runs `count` requests from make(), BATCH chains per kick; returns ops/s. */
-async function measure(fe: Frontend, count: number, make: (i: number) => ChainSpec, minLen: number): Promise<number> {
+/** Runs `count` requests from make(), `batch` chains per kick; returns ops/s. */
+async function run(fe: Frontend, count: number, batch: number, make: (i: number) => ChainSpec, minLen: number): Promise<number> {
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < count; i += BATCH) {
-    const specs = Array.from({ length: Math.min(BATCH, count - i) }, (_, k) => make(i + k));
+  for (let i = 0; i < count; i += batch) {
+    const specs = Array.from({ length: Math.min(batch, count - i) }, (_, k) => make(i + k));
     const done = await fe.batch(1, specs);
     for (let k = 0; k < done.length; k++) check(0, done[k].written, done[k].usedLen, minLen);
   }
   return count / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+/**
+ * Warm-up, then the measured run. A long-running daemon serves millions of
+ * requests; its first few thousand run before V8 has compiled the hot path, and
+ * measuring those would compare a cold JIT with compiled C.
+ */
+async function measure(fe: Frontend, count: number, batch: number, make: (i: number) => ChainSpec, minLen: number): Promise<number> {
+  await run(fe, Math.ceil(count / 2), batch, make, minLen);
+  return run(fe, count, batch, make, minLen);
 }
 
 export interface OpResult {
@@ -122,20 +138,21 @@ async function runOnce(name: DaemonName, tree: BenchTree, quick: boolean): Promi
     const dir = await client.lookup(top.nodeid, 'dir1000');
     const big = await client.lookup(top.nodeid, 'big.bin');
     const fh = (await client.open(big.nodeid)).fh;
-    const n = quick ? 2000 : 10000;
+    const n = quick ? 4000 : 20000;
     const name500 = cName('entry-0500');
-    const r: Record<string, number> = {};
-    const dbg = (s: string) => process.env.CFS_BENCH_DEBUG && process.stderr.write(`${name} ${s}\n`);
-    dbg("start");
-    r.lookup = await measure(fe, n, () => chain(Opcode.LOOKUP, dir.nodeid, [name500], 128), OutHeader.SIZE + 128);
-    dbg("lookup done");
-    r.getattr = await measure(fe, n, () => chain(Opcode.GETATTR, big.nodeid, [encode(GetattrIn, { getattrFlags: 0, fh: 0 })], 104), OutHeader.SIZE + 104);
     const blocks = (64 * MiB) / 4096;
-    dbg("getattr done");
-    r.read4k = await measure(fe, n, (i) => chain(Opcode.READ, big.nodeid, [readIn(fh, ((i * 7919) % blocks) * 4096, 4096)], 4096), OutHeader.SIZE + 4096);
-    dbg("read4k done");
-    r.read1m = await measure(fe, quick ? 128 : 512, (i) => chain(Opcode.READ, big.nodeid, [readIn(fh, (i % 64) * MiB, MiB)], MiB), OutHeader.SIZE + MiB);
-    dbg("read1m done");
+    const lookup = () => chain(Opcode.LOOKUP, dir.nodeid, [name500], 128);
+    const getattr = () => chain(Opcode.GETATTR, big.nodeid, [encode(GetattrIn, { getattrFlags: 0, fh: 0 })], 104);
+    const read4k = (i: number) => chain(Opcode.READ, big.nodeid, [readIn(fh, ((i * 7919) % blocks) * 4096, 4096)], 4096);
+    const read1m = (i: number) => chain(Opcode.READ, big.nodeid, [readIn(fh, (i % 64) * MiB, MiB)], MiB);
+    const r: Record<string, number> = {};
+    for (const [batch, suffix] of [[1, '_b1'], [BATCH, `_b${BATCH}`]] as const) {
+      r[`lookup${suffix}`] = await measure(fe, n, batch, lookup, OutHeader.SIZE + 128);
+      r[`getattr${suffix}`] = await measure(fe, n, batch, getattr, OutHeader.SIZE + 104);
+      r[`read4k${suffix}`] = await measure(fe, n, batch, read4k, OutHeader.SIZE + 4096);
+    }
+    r.read1m_b4 = await measure(fe, quick ? 256 : 1024, 4, read1m, OutHeader.SIZE + MiB);
+    await listings(fe, client, dir.nodeid, 5); // warm-up
     r.readdirplus1000 = await listings(fe, client, dir.nodeid, quick ? 10 : 40);
     return r;
   } finally {
@@ -208,11 +225,14 @@ export async function benchDaemon(opts: { quick: boolean; runs?: number; log?: (
     }
   }
   const ops: [string, string][] = [
-    ['lookup', 'LOOKUP ops/s'],
-    ['getattr', 'GETATTR ops/s'],
-    ['readdirplus1000', 'READDIRPLUS 1,000 entries, listings/s'],
-    ['read4k', 'READ 4 KiB ops/s'],
-    ['read1m', 'READ 1 MiB ops/s'],
+    ['lookup_b1', 'LOOKUP ops/s, 1 per kick'],
+    ['lookup_b16', 'LOOKUP ops/s, 16 per kick'],
+    ['getattr_b1', 'GETATTR ops/s, 1 per kick'],
+    ['getattr_b16', 'GETATTR ops/s, 16 per kick'],
+    ['readdirplus1000', 'READDIRPLUS of 1,000 entries, listings/s'],
+    ['read4k_b1', 'READ 4 KiB ops/s, 1 per kick'],
+    ['read4k_b16', 'READ 4 KiB ops/s, 16 per kick'],
+    ['read1m_b4', 'READ 1 MiB ops/s, 4 per kick'],
   ];
   return ops.map(([op, unit]) => {
     const c = median(samples.closurefs.map((s) => s[op]));

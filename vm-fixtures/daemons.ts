@@ -105,8 +105,10 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<RunningDaem
   fs.rmSync(socket, { force: true });
   let command: string[];
   if (opts.kind === 'closurefs') {
+    closurefsCli(); // fails early on a missing or stale build
     command = [
-      process.execPath, closurefsCli(),
+      // The program as users run it: bin/closurefs sets the daemon's V8 flags.
+      path.join(repoRoot(), 'bin', 'closurefs'),
       '--socket-path', socket,
       '--store-dir', opts.storeDir,
       ...opts.closureFiles.flatMap((f) => ['--closure', f]),

@@ -7,20 +7,36 @@
  * the guest looks them up; it holds no fd, only its path relative to the store
  * directory (the store is immutable, so the path stays valid).
  */
-import type { Attr } from '../fuse/abi';
 import { InternalInvariantError } from '../fuse/errno';
 
 export type NodeKind = 'dir' | 'reg' | 'lnk';
 
+/** A host file's identity: a number for every (dev, ino) that fits in 53 bits, else a string. */
+export type Identity = number | string;
+
 export interface Node {
   readonly nodeid: number;
-  /** Path below the store directory, e.g. `<hash>-name/bin/x`; empty for the root. */
-  readonly relPath: Buffer;
+  /**
+   * Path below the store directory, e.g. `<hash>-name/bin/x`; empty for the root. A latin1
+   * string (one char per byte, so any host name round-trips): a string costs a fraction of
+   * a Buffer's memory, and a walked closure holds one per file.
+   */
+  readonly relPath: string;
   readonly kind: NodeKind;
-  /** "devMajor:devMinor:inoHi:inoLo"; '' for the root, which has no host counterpart. */
-  readonly identity: string;
-  /** Canonical attributes, computed once: nothing under the store changes. */
-  readonly attr: Attr;
+  /** The host file's (dev, ino) as a key (see identityOf); '' for the root, which has no host counterpart. */
+  readonly identity: Identity;
+  /** The view's inode number: the st_ino the guest sees (never the host's). */
+  readonly ino: number;
+  /**
+   * The attributes that differ between store files, kept flat: every other one is
+   * canonical (see attrOf in view.ts), so a node costs a few fields, not a second object.
+   */
+  readonly size: number;
+  readonly mtime: number;
+  readonly mtimeNsec: number;
+  /** Permission bits as the guest sees them: 0555 or 0444 for files, 0555 directories, 0777 symlinks. */
+  readonly perm: number;
+  readonly nlink: number;
   nlookup: number;
 }
 
@@ -28,7 +44,7 @@ export const ROOT_NODEID = 1;
 
 export class NodeTable {
   readonly #nodes = new Map<number, Node>();
-  readonly #byIdentity = new Map<string, number>();
+  readonly #byIdentity = new Map<Identity, number>();
   #nextNodeid = ROOT_NODEID + 1;
 
   constructor(readonly root: Node) {
@@ -43,17 +59,17 @@ export class NodeTable {
     return this.#nodes.get(nodeid);
   }
 
-  byIdentity(identity: string): Node | undefined {
+  byIdentity(identity: Identity): Node | undefined {
     const id = this.#byIdentity.get(identity);
     return id === undefined ? undefined : this.#nodes.get(id);
   }
 
   /** Finds the node for a host identity or makes one; either way counts one lookup. */
-  lookupOrCreate(identity: string, make: (nodeid: number) => Omit<Node, 'nlookup'>): Node {
+  lookupOrCreate(identity: Identity, make: (nodeid: number) => Node): Node {
     let node = this.byIdentity(identity);
     if (node === undefined) {
       const nodeid = this.#nextNodeid++;
-      node = { ...make(nodeid), nlookup: 0 };
+      node = make(nodeid);
       if (node.nodeid !== nodeid || node.identity !== identity) throw new InternalInvariantError('node made with the wrong id');
       this.#nodes.set(nodeid, node);
       this.#byIdentity.set(identity, nodeid);
@@ -102,14 +118,14 @@ export class NodeTable {
  * host (it counts up from 2 in the order files are first seen; 1 is the root).
  */
 export class InodeNumbers {
-  readonly #map = new Map<string, number>();
+  readonly #map = new Map<Identity, number>();
   #next = 2;
 
   get size(): number {
     return this.#map.size;
   }
 
-  of(identity: string): number {
+  of(identity: Identity): number {
     let ino = this.#map.get(identity);
     if (ino === undefined) {
       ino = this.#next++;
@@ -119,7 +135,30 @@ export class InodeNumbers {
   }
 }
 
+/** Small indices for the few host devices a store spans, so (dev, ino) fits in one number. */
+const deviceIndex = new Map<string, number>();
+const MAX_DEVICES = 32; // 5 bits above a 48-bit inode number stays below 2^53
+
+const SMALL = 2 ** 30;
+
+/**
+ * The identity key of (dev, ino), injective over three disjoint ranges:
+ * - below 2^30: the first device's inode numbers below 2^30 (the common case), a
+ *   small integer V8 stores inline;
+ * - 2^30 up to 2^53: any of 32 devices with a 48-bit inode number;
+ * - otherwise a string.
+ * A walked closure holds several keys per file, so their size is its memory.
+ */
+export function identityFromParts(devMajor: number, devMinor: number, inoHi: number, inoLo: number): Identity {
+  const dev = `${devMajor}:${devMinor}`;
+  let index = deviceIndex.get(dev);
+  if (index === undefined && deviceIndex.size < MAX_DEVICES) deviceIndex.set(dev, (index = deviceIndex.size));
+  if (index === 0 && inoHi === 0 && inoLo < SMALL) return inoLo;
+  if (index !== undefined && inoHi < 0x10000) return SMALL + index * 2 ** 48 + inoHi * 2 ** 32 + inoLo;
+  return `${dev}:${inoHi}:${inoLo}`;
+}
+
 /** The identity key of a statx result. */
-export function identityOf(st: { devMajor: number; devMinor: number; inoHi: number; inoLo: number }): string {
-  return `${st.devMajor}:${st.devMinor}:${st.inoHi}:${st.inoLo}`;
+export function identityOf(st: { devMajor: number; devMinor: number; inoHi: number; inoLo: number }): Identity {
+  return identityFromParts(st.devMajor, st.devMinor, st.inoHi, st.inoLo);
 }

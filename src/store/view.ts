@@ -25,7 +25,7 @@ import type { FuseLogger } from '../fuse/server';
 import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
-import { identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Node, type NodeKind } from './nodes';
+import { identityFromParts, identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
 const c = native.constants;
 
@@ -65,7 +65,6 @@ export interface ClosureStats {
 
 const RESOLVE = c.RESOLVE_BENEATH | c.RESOLVE_NO_SYMLINKS | c.RESOLVE_NO_MAGICLINKS;
 const STATX_NOFOLLOW = c.AT_SYMLINK_NOFOLLOW | c.AT_EMPTY_PATH;
-const SLASH = Buffer.from('/');
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 const BLOCK = 4096;
@@ -90,23 +89,43 @@ function kindOf(mode: number): NodeKind | undefined {
 
 const DT_OF: Record<NodeKind, number> = { reg: c.DT_REG, dir: c.DT_DIR, lnk: c.DT_LNK };
 
-/** Canonical attributes: nothing host-specific beyond size, executability and mtime. */
-function canonicalAttr(st: native.Statx, kind: NodeKind, ino: number): Attr {
-  const perm = kind === 'dir' ? 0o555 : kind === 'lnk' ? 0o777 : st.mode & 0o111 ? 0o555 : 0o444;
-  const type = kind === 'dir' ? c.S_IFDIR : kind === 'lnk' ? c.S_IFLNK : c.S_IFREG;
+/**
+ * A number as an int32 when it is one. Values read from statx's Float64Array are
+ * doubles, and V8 boxes a double stored in an object field (16 bytes each); an
+ * int32 is stored inline. Nodes keep their attributes for the daemon's life.
+ */
+function small(x: number): number {
+  return x === (x | 0) ? x | 0 : x;
+}
+
+/** The per-file fields of a node (nodes.ts): nothing host-specific beyond size, executability and mtime. */
+function fileFields(st: native.Statx, kind: NodeKind): Pick<Node, 'size' | 'mtime' | 'mtimeNsec' | 'perm' | 'nlink'> {
   return {
-    ino,
-    size: st.size,
-    blocks: Math.ceil(st.size / 512),
-    atime: st.mtimeSec,
-    mtime: st.mtimeSec,
-    ctime: st.mtimeSec,
-    atimensec: st.mtimeNsec,
-    mtimensec: st.mtimeNsec,
-    ctimensec: st.mtimeNsec,
-    mode: type | perm,
+    size: small(st.size),
+    mtime: small(st.mtimeSec),
+    mtimeNsec: small(st.mtimeNsec),
+    perm: kind === 'dir' ? 0o555 : kind === 'lnk' ? 0o777 : st.mode & 0o111 ? 0o555 : 0o444,
     // A hard link count above 1 would reveal links into paths outside the closure (nix-store --optimise).
-    nlink: kind === 'dir' ? st.nlink : 1,
+    nlink: kind === 'dir' ? small(st.nlink) : 1,
+  };
+}
+
+const TYPE_BITS: Record<NodeKind, number> = { reg: c.S_IFREG, dir: c.S_IFDIR, lnk: c.S_IFLNK };
+
+/** Canonical attributes: root-owned, no host change or access times, blocks from the size. */
+function attrOf(node: Node, nlink = node.nlink): Attr {
+  return {
+    ino: node.ino,
+    size: node.size,
+    blocks: Math.ceil(node.size / 512),
+    atime: node.mtime,
+    mtime: node.mtime,
+    ctime: node.mtime,
+    atimensec: node.mtimeNsec,
+    mtimensec: node.mtimeNsec,
+    ctimensec: node.mtimeNsec,
+    mode: TYPE_BITS[node.kind] | node.perm,
+    nlink,
     uid: 0,
     gid: 0,
     rdev: 0,
@@ -141,8 +160,8 @@ export class ClosureView extends FileSystem {
   readonly #nodes: NodeTable;
   readonly #inos = new InodeNumbers();
   readonly #handles: HandleTable<Handle>;
-  readonly #dirFds: Lru<string, number>;
-  readonly #listings: Lru<string, readonly DirEntry[]>;
+  readonly #dirFds: Lru<Identity, number>;
+  readonly #listings: Lru<Identity, readonly DirEntry[]>;
   readonly #log: Pick<FuseLogger, 'warn'> | undefined;
   #rootAttr: Attr | undefined;
   #stats: ClosureStats | undefined;
@@ -162,7 +181,10 @@ export class ClosureView extends FileSystem {
     this.#dirFds = new Lru(opts.dirFdCacheSize ?? 32, (fd) => native.closeQuietly(fd));
     this.#listings = new Lru(opts.listingCacheSize ?? 16, () => {});
     this.#log = opts.logger;
-    const root: Node = { nodeid: ROOT_NODEID, relPath: Buffer.alloc(0), kind: 'dir', identity: '', attr: this.#placeholderRootAttr(), nlookup: 0 };
+    const root: Node = {
+      nodeid: ROOT_NODEID, nlookup: 0, relPath: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
+      size: BLOCK, mtime: STORE_MTIME, mtimeNsec: 0, perm: 0o555, nlink: 2,
+    };
     this.#nodes = new NodeTable(root);
     this.#storeFd = native.openat(c.AT_FDCWD, opts.storeDir, c.O_PATH | c.O_DIRECTORY | c.O_CLOEXEC);
   }
@@ -205,7 +227,7 @@ export class ClosureView extends FileSystem {
   }
 
   #entry(node: Node): Entry {
-    return { nodeid: node.nodeid, generation: 0, attr: node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : node.attr };
+    return { nodeid: node.nodeid, generation: 0, attr: node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : attrOf(node) };
   }
 
   override lookup(_ctx: RequestContext, parent: number, name: Buffer): Entry {
@@ -220,31 +242,33 @@ export class ClosureView extends FileSystem {
     const fd = dir.nodeid === ROOT_NODEID ? this.#storeFd : this.#dirFdOf(dir.identity, dir.relPath);
     const st = native.statx(fd, name, c.AT_SYMLINK_NOFOLLOW);
     // The path is only needed when the node is new; a known node keeps the one it has.
-    const relPath = () => (dir.nodeid === ROOT_NODEID ? Buffer.from(name) : Buffer.concat([dir.relPath, SLASH, name]));
+    // Built as one flat string: a concatenation would keep a tree of string pieces alive per node.
+    const relPath = () => (dir.nodeid === ROOT_NODEID ? name : Buffer.concat([Buffer.from(`${dir.relPath}/`, 'latin1'), name])).toString('latin1');
     return this.#entry(this.#nodeFor(st, relPath));
   }
 
   /** The node for a stat result (made on first sight), counting one lookup. */
-  #nodeFor(st: native.Statx, relPath: () => Buffer): Node {
+  #nodeFor(st: native.Statx, relPath: () => string): Node {
     const kind = kindOf(st.mode);
     if (kind === undefined) throw new FsError(Errno.ENOENT);
     const identity = identityOf(st);
-    return this.#nodes.lookupOrCreate(identity, (nodeid) => ({
-      nodeid,
-      relPath: relPath(),
-      kind,
-      identity,
-      attr: canonicalAttr(st, kind, this.#inos.of(identity)),
-    }));
+    return this.#nodes.lookupOrCreate(identity, (nodeid) => {
+      const f = fileFields(st, kind);
+      // Every field written out in one literal: one hidden class for all nodes (a spread would not be).
+      return {
+        nodeid, nlookup: 0, relPath: relPath(), kind, identity, ino: this.#inos.of(identity),
+        size: f.size, mtime: f.mtime, mtimeNsec: f.mtimeNsec, perm: f.perm, nlink: f.nlink,
+      };
+    });
   }
 
   /** ".." of a directory: the root for the root and for store paths, else the directory above. */
   #parentOf(dir: Node): Node {
-    const slash = dir.relPath.lastIndexOf(SLASH[0]);
+    const slash = dir.relPath.lastIndexOf('/');
     if (slash < 0) return this.#nodes.ref(this.#nodes.root);
-    const parentRel = dir.relPath.subarray(0, slash);
+    const parentRel = dir.relPath.slice(0, slash);
     const st = native.statx(this.#dirFdOfPath(parentRel), '', STATX_NOFOLLOW);
-    return this.#nodeFor(st, () => Buffer.from(parentRel));
+    return this.#nodeFor(st, () => parentRel);
   }
 
   override forget(nodeid: number, nlookup: number): void {
@@ -253,15 +277,15 @@ export class ClosureView extends FileSystem {
 
   override getattr(_ctx: RequestContext, nodeid: number): Attr {
     const node = this.#node(nodeid);
-    return node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : node.attr;
+    return node.nodeid === ROOT_NODEID ? this.#rootAttrNow() : attrOf(node);
   }
 
   override readlink(_ctx: RequestContext, nodeid: number): Buffer {
     const node = this.#node(nodeid);
     if (node.kind !== 'lnk') throw new FsError(Errno.EINVAL);
-    const slash = node.relPath.lastIndexOf(SLASH[0]);
-    const parentRel = slash < 0 ? Buffer.alloc(0) : node.relPath.subarray(0, slash);
-    return native.readlinkat(this.#dirFdOfPath(parentRel), node.relPath.subarray(slash + 1));
+    const slash = node.relPath.lastIndexOf('/');
+    const parentRel = slash < 0 ? '' : node.relPath.slice(0, slash);
+    return native.readlinkat(this.#dirFdOfPath(parentRel), Buffer.from(node.relPath.slice(slash + 1), 'latin1'));
   }
 
   override access(_ctx: RequestContext, nodeid: number, mask: number): void {
@@ -273,13 +297,14 @@ export class ClosureView extends FileSystem {
   // ---- host paths ---------------------------------------------------------------------
 
   /** openat2 from the store directory: beneath it, no symlink anywhere on the way. */
-  #openRel(relPath: Buffer, flags: number): number {
-    return native.openat2(this.#storeFd, relPath, flags | c.O_NOFOLLOW | c.O_CLOEXEC, RESOLVE);
+  /** Opens relPath (a latin1 path below the store) in one openat2: beneath the store, no symlinks. */
+  #openRel(relPath: string, flags: number): number {
+    return native.openat2(this.#storeFd, Buffer.from(relPath, 'latin1'), flags | c.O_NOFOLLOW | c.O_CLOEXEC, RESOLVE);
   }
 
   /** An O_PATH fd of a directory of the view (the store dir for the root), cached. */
   /** An O_PATH fd of the directory at relPath, cached under `key` (identities never start with '/'). */
-  #dirFdOf(key: string, relPath: Buffer): number {
+  #dirFdOf(key: Identity, relPath: string): number {
     if (relPath.length === 0) return this.#storeFd;
     let fd = this.#dirFds.get(key);
     if (fd === undefined) {
@@ -289,8 +314,8 @@ export class ClosureView extends FileSystem {
     return fd;
   }
 
-  #dirFdOfPath(relPath: Buffer): number {
-    return this.#dirFdOf(`/${relPath.toString('latin1')}`, relPath);
+  #dirFdOfPath(relPath: string): number {
+    return this.#dirFdOf(`/${relPath}`, relPath);
   }
 
 
@@ -371,7 +396,7 @@ export class ClosureView extends FileSystem {
     const h = this.#fileHandle(fh);
     if (whence === c.SEEK_DATA || whence === c.SEEK_HOLE) return native.lseek(h.fd, offset, whence);
     if (whence === c.SEEK_SET) return offset;
-    if (whence === c.SEEK_END) return this.#node(nodeid).attr.size + offset;
+    if (whence === c.SEEK_END) return this.#node(nodeid).size + offset;
     throw new FsError(Errno.EINVAL);
   }
 
@@ -445,11 +470,11 @@ export class ClosureView extends FileSystem {
         if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
         const kind = this.#direntKind(fd, d);
         if (kind === undefined) continue;
-        const identity = `${self.devMajor}:${self.devMinor}:${Number(d.ino >> 32n)}:${Number(d.ino & 0xffffffffn)}`;
+        const identity = identityFromParts(self.devMajor, self.devMinor, Number(d.ino >> 32n), Number(d.ino & 0xffffffffn));
         named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind] });
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
-      return this.#withCookies(dir.attr.ino, this.#parentIno(dir, fd), named);
+      return this.#withCookies(dir.ino, this.#parentIno(dir, fd), named);
     } finally {
       native.closeQuietly(fd);
     }
@@ -464,7 +489,7 @@ export class ClosureView extends FileSystem {
   }
 
   #parentIno(dir: Node, dirFd: number): number {
-    if (!dir.relPath.includes(SLASH[0])) return ROOT_NODEID;
+    if (!dir.relPath.includes('/')) return ROOT_NODEID;
     return this.#inos.of(identityOf(native.statx(dirFd, '..', c.AT_SYMLINK_NOFOLLOW)));
   }
 
@@ -475,18 +500,10 @@ export class ClosureView extends FileSystem {
 
   // ---- the root and statfs ---------------------------------------------------------------
 
-  #placeholderRootAttr(): Attr {
-    return {
-      ino: ROOT_NODEID, size: BLOCK, blocks: BLOCK / 512, atime: STORE_MTIME, mtime: STORE_MTIME, ctime: STORE_MTIME,
-      atimensec: 0, mtimensec: 0, ctimensec: 0, mode: c.S_IFDIR | 0o555, nlink: 2, uid: 0, gid: 0, rdev: 0, blksize: BLOCK, flags: 0,
-    };
-  }
-
-  /** The root's attributes; nlink is 2 + the store paths that are directories, as a real directory's. */
   #rootAttrNow(): Attr {
     if (this.#rootAttr === undefined) {
       const dirs = this.#listing(this.#nodes.root).filter((e, i) => i >= 2 && e.type === c.DT_DIR).length;
-      this.#rootAttr = { ...this.#placeholderRootAttr(), nlink: 2 + dirs };
+      this.#rootAttr = attrOf(this.#nodes.root, 2 + dirs);
     }
     return this.#rootAttr;
   }
@@ -504,7 +521,7 @@ export class ClosureView extends FileSystem {
   }
 
   #walk(): ClosureStats {
-    const seen = new Set<string>();
+    const seen = new Set<Identity>();
     let blocks = 0;
     const count = (st: native.Statx): NodeKind | undefined => {
       const kind = kindOf(st.mode);
@@ -514,10 +531,10 @@ export class ClosureView extends FileSystem {
       if (kind === 'reg') blocks += Math.ceil(st.size / BLOCK);
       return kind;
     };
-    const pending: Buffer[] = [];
+    const pending: string[] = [];
     for (const base of this.#sorted) {
       const top = this.#statTop(base);
-      if (top !== undefined && count(top.st) === 'dir') pending.push(Buffer.from(base));
+      if (top !== undefined && count(top.st) === 'dir') pending.push(base);
     }
     // One directory fd at a time, however deep the tree: each is opened from the store fd.
     for (let rel = pending.pop(); rel !== undefined; rel = pending.pop()) {
@@ -525,7 +542,7 @@ export class ClosureView extends FileSystem {
       try {
         for (const d of native.readDirectory(fd)) {
           if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
-          if (count(native.statx(fd, d.name, c.AT_SYMLINK_NOFOLLOW)) === 'dir') pending.push(Buffer.concat([rel, SLASH, d.name]));
+          if (count(native.statx(fd, d.name, c.AT_SYMLINK_NOFOLLOW)) === 'dir') pending.push(`${rel}/${d.name.toString('latin1')}`);
         }
       } finally {
         native.closeQuietly(fd);
