@@ -374,6 +374,9 @@ function versionOf(cmd: string, args: string[]): string {
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const t0 = Date.now();
+  // The commit the daemon under test was built from: taken now, since others may commit during a long run.
+  const dirty = spawnSync('git', ['-C', repoRoot(), 'status', '--porcelain', '--', 'src', 'addon'], { encoding: 'utf8' }).stdout.trim() !== '';
+  const commit = `${versionOf('git', ['-C', repoRoot(), 'rev-parse', '--short', 'HEAD'])}${dirty ? '+uncommitted src' : ''}`;
   // Quick: fewer bytes and files, same shape. The small-file measures cost about 1 ms per file under TCG
   // (9p's find+stat several times that), so quick covers 2,000 files instead of 10,000.
   const sizes: Sizes = opts.quick
@@ -461,7 +464,7 @@ async function main(): Promise<void> {
     const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
     const env = {
       date: new Date().toISOString(),
-      commit: versionOf('git', ['-C', repoRoot(), 'rev-parse', '--short', 'HEAD']),
+      commit,
       cpu,
       cpus: os.cpus().length,
       qemu: versionOf('qemu-system-x86_64', ['--version']),
