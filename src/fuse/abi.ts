@@ -156,6 +156,12 @@ export function readU64(b: Buffer, off: number): number {
 
 /** Writes a non-negative safe integer as u64 (callers pass our own values only). */
 export function writeU64(b: Buffer, off: number, v: number): void {
+  if (v >>> 0 === v) {
+    // Most values (sizes, inode numbers, times) fit 32 bits: no division on the hot path.
+    b.writeUInt32LE(v, off);
+    b.writeUInt32LE(0, off + 4);
+    return;
+  }
   b.writeUInt32LE(v % TWO_32 >>> 0, off);
   b.writeUInt32LE(Math.floor(v / TWO_32) >>> 0, off + 4);
 }

@@ -105,6 +105,15 @@ export abstract class FileSystem {
     enosys();
   }
 
+  /**
+   * lookup() of an entry readdir() just handed out for `parent` (READDIRPLUS). The
+   * default looks its name up; an implementation may use what it recorded in the
+   * listing to skip work. Counts one lookup, like lookup().
+   */
+  lookupEntry(ctx: RequestContext, parent: number, entry: DirEntry): Entry {
+    return this.lookup(ctx, parent, entry.name);
+  }
+
   /** Gives back `nlookup` lookups of `nodeid`. Never replies, so it never throws for bad input. */
   forget(nodeid: number, nlookup: number): void {}
 

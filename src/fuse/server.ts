@@ -548,7 +548,7 @@ export class FuseServer implements RequestHandler {
       }
       let entry: Entry;
       try {
-        entry = this.#fs.lookup(r.ctx, r.header.nodeid, d.name);
+        entry = this.#fs.lookupEntry(r.ctx, r.header.nodeid, d);
       } catch (e) {
         if (errnoOf(e) === undefined) {
           failure = e;

@@ -152,6 +152,14 @@ function dropFront(bufs: readonly Buffer[], skip: number): Buffer[] {
   return out;
 }
 
+/**
+ * A listing entry as the view keeps it: the host identity from getdents (d_ino on
+ * the directory's device) rides along, so READDIRPLUS finds a known node without a
+ * statx. When it names no node (a new file, or a file system whose d_ino or device
+ * differs from statx's), the entry is looked up by name as usual.
+ */
+type ListedEntry = Omit<DirEntry, 'off'> & { identity?: Identity };
+
 export class ClosureView extends FileSystem {
   readonly storeDir: string;
   readonly #storeFd: number;
@@ -273,6 +281,13 @@ export class ClosureView extends FileSystem {
 
   override forget(nodeid: number, nlookup: number): void {
     this.#nodes.forget(nodeid, nlookup);
+  }
+
+  override lookupEntry(ctx: RequestContext, parent: number, entry: DirEntry): Entry {
+    const identity = (entry as ListedEntry).identity;
+    const node = identity === undefined ? undefined : this.#nodes.byIdentity(identity);
+    if (node !== undefined && node.nodeid !== ROOT_NODEID) return this.#entry(this.#nodes.ref(node));
+    return this.lookup(ctx, parent, entry.name);
   }
 
   override getattr(_ctx: RequestContext, nodeid: number): Attr {
@@ -442,10 +457,13 @@ export class ClosureView extends FileSystem {
 
   /** ".", "..", then each closure path present on the host, sorted. */
   #rootListing(): DirEntry[] {
-    const named: { name: Buffer; ino: number; type: number }[] = [];
+    const named: ListedEntry[] = [];
     for (const base of this.#sorted) {
       const top = this.#statTop(base);
-      if (top !== undefined) named.push({ name: Buffer.from(base), ino: this.#inos.of(identityOf(top.st)), type: DT_OF[top.kind] });
+      if (top !== undefined) {
+        const identity = identityOf(top.st);
+        named.push({ name: Buffer.from(base), ino: this.#inos.of(identity), type: DT_OF[top.kind], identity });
+      }
     }
     return this.#withCookies(ROOT_NODEID, ROOT_NODEID, named);
   }
@@ -465,13 +483,13 @@ export class ClosureView extends FileSystem {
     const fd = this.#openRel(dir.relPath, c.O_RDONLY | c.O_DIRECTORY);
     try {
       const self = native.statx(fd, '', STATX_NOFOLLOW);
-      const named: { name: Buffer; ino: number; type: number }[] = [];
+      const named: ListedEntry[] = [];
       for (const d of native.readDirectory(fd)) {
         if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
         const kind = this.#direntKind(fd, d);
         if (kind === undefined) continue;
         const identity = identityFromParts(self.devMajor, self.devMinor, Number(d.ino >> 32n), Number(d.ino & 0xffffffffn));
-        named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind] });
+        named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind], identity });
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
       return this.#withCookies(dir.ino, this.#parentIno(dir, fd), named);
@@ -493,7 +511,7 @@ export class ClosureView extends FileSystem {
     return this.#inos.of(identityOf(native.statx(dirFd, '..', c.AT_SYMLINK_NOFOLLOW)));
   }
 
-  #withCookies(selfIno: number, parentIno: number, named: { name: Buffer; ino: number; type: number }[]): DirEntry[] {
+  #withCookies(selfIno: number, parentIno: number, named: ListedEntry[]): DirEntry[] {
     const all = [{ name: DOT, ino: selfIno, type: c.DT_DIR }, { name: DOTDOT, ino: parentIno, type: c.DT_DIR }, ...named];
     return all.map((e, i) => ({ ...e, off: i + 1 }));
   }

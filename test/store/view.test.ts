@@ -372,6 +372,28 @@ describe('ClosureView directories', () => {
     view.close();
   });
 
+  test('READDIRPLUS of known entries answers from the node table: same nodes, one more lookup each, no leak', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const bin = await client.walk(`${store.names.app}/bin`);
+    const hello = await client.lookup(bin.nodeid, 'hello');
+    const { fh } = await client.opendir(bin.nodeid);
+    const first = await client.readdirplus(bin.nodeid, fh, 0, 65536);
+    const second = await client.readdirplus(bin.nodeid, fh, 0, 65536);
+    const byName = (l: typeof first, n: string) => l.find((d) => d.name.toString() === n)!;
+    // The listing's getdents identity found the node the name lookup made: same nodeid, same attributes.
+    expect(byName(first, 'hello').entry.nodeid).toBe(hello.nodeid);
+    expect(byName(second, 'hello').entry).toEqual(byName(first, 'hello').entry);
+    expect(byName(second, 'hello').entry.attr).toEqual(hello.attr);
+    // hello was looked up three times (LOOKUP + two READDIRPLUS): three FORGETs free it, exactly.
+    const nodes = view.counts.nodes;
+    await client.forget(hello.nodeid, 2);
+    expect(view.counts.nodes).toBe(nodes);
+    await client.forget(hello.nodeid, 1);
+    expect(view.counts.nodes).toBe(nodes - 1);
+    view.close();
+  });
+
   test('READDIRPLUS in small buffers: only entries that fit are looked up', async () => {
     const { client, view } = setup();
     await client.init();
