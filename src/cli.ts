@@ -47,7 +47,11 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
           openFile: (nodeid) => view.openForMapping(nodeid),
           logger,
         });
-  const server = new FuseServer(view, { cache: opts.cache, logger, dax });
+  // Zero-message opendir: the store's listings never change, so OPENDIR/RELEASEDIR are two round
+  // trips per directory for nothing (a third of the requests of a guest's find + stat; measured
+  // 0.23 -> 0.14 s on 520 entries). Files keep OPEN: the 6.1 guest drops the page cache of a
+  // file opened without one (no FOPEN_KEEP_CACHE), which would cost far more than it saves.
+  const server = new FuseServer(view, { cache: opts.cache, logger, dax, zeroMessageOpendir: true });
   session = new VhostUserSession(
     fd,
     {
