@@ -85,6 +85,12 @@ export function parseSize(v: string): number {
   return n;
 }
 
+/** The compatibility flags present in parsed options, by their command-line names. */
+function compatFlagsGiven(o: Record<string, unknown>): string[] {
+  const names = COMPAT_FLAGS.map((f) => new Option(f));
+  return [...new Set(names.filter((opt) => o[opt.attributeName()] !== undefined).map((opt) => opt.long!.replace(/^--no-/, '--')))];
+}
+
 function buildCommand(): Command {
   const cmd = new Command('closurefs')
     .description(
@@ -109,22 +115,10 @@ function buildCommand(): Command {
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
     .option('-o <options>', 'virtiofsd legacy options: source=DIR,cache=MODE,... (repeatable)', collect, [])
-    .addOption(new Option('--rlimit-nofile <n>').hideHelp())
-    .addOption(new Option('--thread-pool-size <n>').hideHelp())
-    .addOption(new Option('--posix-acl').hideHelp())
-    .addOption(new Option('--xattr').hideHelp())
-    .addOption(new Option('--inode-file-handles [mode]').hideHelp())
-    .addOption(new Option('--readonly').hideHelp())
-    .addOption(new Option('--sandbox <mode>').hideHelp())
-    .addOption(new Option('--seccomp <mode>').hideHelp())
-    .addOption(new Option('--announce-submounts').hideHelp())
-    .addOption(new Option('--allow-direct-io').hideHelp())
-    .addOption(new Option('--killpriv-v2').hideHelp())
-    .addOption(new Option('--no-killpriv-v2').hideHelp())
-    .addOption(new Option('--writeback').hideHelp())
     .addHelpText('after', EXIT_HELP)
     .allowExcessArguments(false)
     .exitOverride();
+  for (const flags of COMPAT_FLAGS) cmd.addOption(new Option(flags).hideHelp());
   return cmd;
 }
 
@@ -135,20 +129,25 @@ function positiveIntOrZero(name: string): (v: string) => number {
   };
 }
 
-const IGNORED_FLAGS: Record<string, string> = {
-  rlimitNofile: '--rlimit-nofile',
-  threadPoolSize: '--thread-pool-size',
-  posixAcl: '--posix-acl',
-  xattr: '--xattr',
-  inodeFileHandles: '--inode-file-handles',
-  readonly: '--readonly',
-  sandbox: '--sandbox',
-  seccomp: '--seccomp',
-  announceSubmounts: '--announce-submounts',
-  allowDirectIo: '--allow-direct-io',
-  killprivV2: '--killpriv-v2',
-  writeback: '--writeback',
-};
+/**
+ * virtiofsd flags (microvm.nix passes several) that mean nothing for an immutable,
+ * read-only store with no thread pool: accepted, hidden from --help, logged once.
+ */
+const COMPAT_FLAGS = [
+  '--rlimit-nofile <n>',
+  '--thread-pool-size <n>',
+  '--posix-acl',
+  '--xattr',
+  '--inode-file-handles [mode]',
+  '--readonly',
+  '--sandbox <mode>',
+  '--seccomp <mode>',
+  '--announce-submounts',
+  '--allow-direct-io',
+  '--killpriv-v2',
+  '--no-killpriv-v2',
+  '--writeback',
+];
 
 interface LegacyOptions {
   source?: string;
@@ -229,12 +228,7 @@ function validate(o: Record<string, unknown>): DaemonOptions {
   const dax = o.daxWindow as number | undefined;
   // The guest splits the window into 2 MiB ranges (fs/fuse/dax.c FUSE_DAX_SZ).
   if (dax !== undefined && (dax === 0 || dax % (2 << 20) !== 0)) throw new UsageError(`--dax-window must be a non-zero multiple of 2M, got ${dax} bytes`);
-  const ignored = [
-    ...Object.entries(IGNORED_FLAGS)
-      .filter(([key]) => o[key] !== undefined)
-      .map(([, flag]) => flag),
-    ...legacy.ignored,
-  ];
+  const ignored = [...compatFlagsGiven(o), ...legacy.ignored];
   return {
     socketPath: o.socketPath as string | undefined,
     fd: o.fd as number | undefined,

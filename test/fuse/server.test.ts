@@ -19,7 +19,7 @@ import {
   type FuseLogger,
   type RequestContext,
 } from '../../src/fuse';
-import { FuseClient, FuseReplyError, GUEST_INIT_FLAGS, cName, encode, inProcessTransport } from '../harness/fuse-client';
+import { FuseClient, GUEST_INIT_FLAGS, cName, encode, errnoOf, inProcessTransport } from '../harness/fuse-client';
 
 const attr = (ino: number, mode = 0o100444): Attr => ({
   ino, size: 3, blocks: 1, atime: 1, mtime: 1, ctime: 1, atimensec: 0, mtimensec: 0, ctimensec: 0,
@@ -89,16 +89,6 @@ async function setup(opts: ConstructorParameters<typeof FuseServer>[1] = {}) {
   const client = new FuseClient(inProcessTransport(server));
   await client.init();
   return { fs, server, client, logger };
-}
-
-async function errnoOf(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof FuseReplyError) return e.errno;
-    throw e;
-  }
-  throw new Error('expected an error reply');
 }
 
 describe('INIT', () => {

@@ -64,6 +64,17 @@ export class FuseReplyError extends Error {
   }
 }
 
+/** The errno of a call expected to fail with an error reply (anything else fails the test). */
+export async function errnoOf(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof FuseReplyError) return e.errno;
+    throw e;
+  }
+  throw new Error('expected an error reply');
+}
+
 export interface Reply {
   header: { len: number; error: number; unique: bigint };
   payload: Buffer;

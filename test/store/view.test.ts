@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Errno, Opcode, FopenFlag, InitFlag } from '../../src/fuse';
 import { FuseServer } from '../../src/fuse/server';
 import { ClosureView } from '../../src/store/view';
-import { FuseClient, FuseReplyError, cName, inProcessTransport } from '../harness/fuse-client';
+import { FuseClient, cName, errnoOf, inProcessTransport } from '../harness/fuse-client';
 import { makeFakeStore, type FakeStore } from './fake-store';
 
 const S_IFMT = 0o170000;
@@ -29,16 +29,6 @@ function setup(opts: { maxHandles?: number; cache?: 'auto' | 'always' | 'never' 
   const server = new FuseServer(view, { cache: opts.cache ?? 'always' });
   const client = new FuseClient(inProcessTransport(server));
   return { view, server, client };
-}
-
-async function errnoOf(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof FuseReplyError) return e.errno;
-    throw e;
-  }
-  throw new Error('expected an error reply');
 }
 
 function openFdCount(): number {
