@@ -336,14 +336,17 @@ export interface RawDirent {
   off: bigint;
 }
 
+/** getdents64's buffer, shared (the calls are synchronous): no 64 KiB allocation per directory listed. */
+const direntScratch = Buffer.allocUnsafe(64 * 1024);
+
 /** One getdents64(2) call; [] at the end of the directory. */
-export function getdents64(fd: number, scratch: Buffer = Buffer.allocUnsafe(64 * 1024)): RawDirent[] {
+export function getdents64(fd: number, scratch: Buffer = direntScratch): RawDirent[] {
   return addon.getdents64(fd, scratch);
 }
 
 /** Every entry of an open directory fd, '.' and '..' included, in kernel order. */
 export function readDirectory(fd: number): RawDirent[] {
-  const scratch = Buffer.allocUnsafe(64 * 1024);
+  const scratch = direntScratch;
   const all: RawDirent[] = [];
   for (;;) {
     const batch = addon.getdents64(fd, scratch);
