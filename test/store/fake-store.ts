@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { nixFixture, type NixFixture } from '../fixtures/nix/store';
 
 /** A valid 32-character nix-base32 hash made from a seed digit. */
 export function fakeHash(seed: number): string {
@@ -108,33 +109,13 @@ export function makeFakeStore(manyCount = 3000): FakeStore {
   };
 }
 
-/** The real Nix-built fixture (test/fixtures/nix/build-store.sh), when it has been built. */
-export interface NixFixtureManifest {
-  storeDir: string;
-  root: string;
-  closure: string[];
-  outside: string[];
-  hardlinkTwin: { inside: string; outside: string };
-  paths: Record<string, string>;
-  files: { large: { path: string; size: number; sha256: string }; manyDir: string; oddDir: string };
-}
+/**
+ * The real Nix-built fixture (test/fixtures/nix/build-store.sh): built on first use
+ * (about a second, cached), so tests that use it run everywhere or fail loudly,
+ * never skip.
+ */
+export type NixFixtureManifest = NixFixture;
 
-export function findNixFixture(): NixFixtureManifest | undefined {
-  const explicit = process.env.CFS_NIX_FIXTURE;
-  const candidates: string[] = [];
-  if (explicit) candidates.push(explicit.endsWith('.json') ? explicit : path.join(explicit, 'manifest.json'));
-  const base = path.join(process.env.CLOSUREFS_CACHE ?? path.join(os.homedir(), '.cache', 'closurefs'), 'nix-store');
-  try {
-    for (const d of fs.readdirSync(base)) candidates.push(path.join(base, d, 'manifest.json'));
-  } catch {
-    /* not built */
-  }
-  for (const c of candidates) {
-    try {
-      return JSON.parse(fs.readFileSync(c, 'utf8')) as NixFixtureManifest;
-    } catch {
-      /* try the next */
-    }
-  }
-  return undefined;
+export function findNixFixture(): NixFixtureManifest {
+  return nixFixture();
 }

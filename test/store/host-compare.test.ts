@@ -134,11 +134,11 @@ suite('hand-made store', () => {
   return { storeDir: s.storeDir, closure: s.closure, outside: s.outside, cleanup: s.cleanup };
 });
 
-const fixture: NixFixtureManifest | undefined = findNixFixture();
+const fixture: NixFixtureManifest = findNixFixture();
 const base = (p: string): string => path.basename(p);
-(fixture ? suite : describe.skip)(
+suite(
   'real Nix-built store (test/fixtures/nix)',
-  () => ({ storeDir: fixture!.storeDir, closure: fixture!.closure.map(base).sort(), outside: fixture!.outside.map(base) }),
+  () => ({ storeDir: fixture.storeDir, closure: fixture.closure.map(base).sort(), outside: fixture.outside.map(base) }),
   (get) => {
     const connect = async () => {
       const view = new ClosureView({ storeDir: get().storeDir, paths: get().closure });
@@ -150,7 +150,7 @@ const base = (p: string): string => path.basename(p);
 
     test('the optimise twin shows nlink 1 and a view inode number', async () => {
       const { view, client } = await connect();
-      const inside = fixture!.hardlinkTwin.inside;
+      const inside = fixture.hardlinkTwin.inside;
       const host = fs.lstatSync(path.join(get().storeDir, rel(inside)), { bigint: true });
       expect(host.nlink).toBeGreaterThanOrEqual(2n);
       const e = await client.walk(rel(inside));
@@ -161,16 +161,16 @@ const base = (p: string): string => path.basename(p);
 
     test('the large file reads back with the manifest hash', async () => {
       const { view, client } = await connect();
-      const e = await client.walk(rel(fixture!.files.large.path));
-      expect(e.attr.size).toBe(fixture!.files.large.size);
+      const e = await client.walk(rel(fixture.files.large.path));
+      expect(e.attr.size).toBe(fixture.files.large.size);
       const { fh } = await client.open(e.nodeid);
-      expect(sha(await client.readAll(e.nodeid, fh, 1024 * 1024))).toBe(fixture!.files.large.sha256);
+      expect(sha(await client.readAll(e.nodeid, fh, 1024 * 1024))).toBe(fixture.files.large.sha256);
       view.close();
     });
 
     test('the symlink loop reads as two links and never resolves', async () => {
       const { view, client } = await connect();
-      const a = await client.walk(`${rel(fixture!.paths.app)}/share/loop-a`);
+      const a = await client.walk(`${rel(fixture.paths.app)}/share/loop-a`);
       expect((await client.readlink(a.nodeid)).toString()).toBe('loop-b');
       await expect(client.open(a.nodeid)).rejects.toBeInstanceOf(FuseReplyError);
       view.close();
