@@ -136,7 +136,7 @@ export class InodeNumbers {
 }
 
 /** Small indices for the few host devices a store spans, so (dev, ino) fits in one number. */
-const deviceIndex = new Map<string, number>();
+const deviceIndex = new Map<number, number>();
 const MAX_DEVICES = 32; // 5 bits above a 48-bit inode number stays below 2^53
 
 const SMALL = 2 ** 30;
@@ -150,12 +150,13 @@ const SMALL = 2 ** 30;
  * A walked closure holds several keys per file, so their size is its memory.
  */
 export function identityFromParts(devMajor: number, devMinor: number, inoHi: number, inoLo: number): Identity {
-  const dev = `${devMajor}:${devMinor}`;
+  // Linux device numbers: 12-bit major, 20-bit minor; one number, no string per call.
+  const dev = devMajor * 2 ** 20 + devMinor;
   let index = deviceIndex.get(dev);
   if (index === undefined && deviceIndex.size < MAX_DEVICES) deviceIndex.set(dev, (index = deviceIndex.size));
   if (index === 0 && inoHi === 0 && inoLo < SMALL) return inoLo;
   if (index !== undefined && inoHi < 0x10000) return SMALL + index * 2 ** 48 + inoHi * 2 ** 32 + inoLo;
-  return `${dev}:${inoHi}:${inoLo}`;
+  return `${devMajor}:${devMinor}:${inoHi}:${inoLo}`;
 }
 
 /** The identity key of a statx result. */
