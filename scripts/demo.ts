@@ -35,7 +35,7 @@ echo "== a store path that is a symlink"; cat ${fx.paths.symlinkPath}
 echo "== paths on the host but outside the closure"
 for p in ${hidden.join(' ')}; do ls -d /nix/store/$p 2>&1; done
 echo "== the hard-link twin (host link count 2+) as the guest sees it"; stat -c '%n links=%h ino=%i' ${fx.hardlinkTwin.inside}
-echo "== writing"; touch /nix/store/new-file 2>&1; rm -f ${fx.paths.singleFile} 2>&1
+echo "== writing (the share is mounted read-write: closurefs refuses)"; grep ' /nix/store ' /proc/mounts; touch /nix/store/new-file 2>&1; rm -f ${fx.paths.singleFile} 2>&1
 echo "== statfs"; df /nix/store | tail -1
 `;
 }
@@ -57,7 +57,8 @@ async function main(): Promise<number> {
     for (const e of fs.readdirSync(fx.storeDir).sort()) console.log(`  ${served.has(e) ? '*' : ' '} ${e}`);
     const twin = fs.statSync(path.join(fx.storeDir, path.relative('/nix/store', fx.hardlinkTwin.inside)));
     console.log(`\nhost: ${fx.hardlinkTwin.inside} links=${twin.nlink} ino=${twin.ino} (hard-linked by nix-store --optimise)`);
-    const r = await runGuest({ socketPath: sock, tag: 'store', script: guestScript(fx), timeoutMs: 120_000 });
+    // Mounted read-write on purpose: every refused write below is refused by closurefs, not by the guest.
+    const r = await runGuest({ socketPath: sock, tag: 'store', script: guestScript(fx), timeoutMs: 120_000, readOnlyMount: false });
     console.log(`\nthe guest (Linux 6.1, QEMU TCG, booted and finished in ${(r.durationMs / 1000).toFixed(1)} s):`);
     console.log(r.output.replace(/^/gm, '  '));
     if (r.exitStatus !== 0 || !r.mounted) {
