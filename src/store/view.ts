@@ -40,6 +40,8 @@ export interface ClosureViewOptions {
   dirFdCacheSize?: number;
   /** Directory listings kept for READDIR without a handle (zero-message opendir). Default 16. */
   listingCacheSize?: number;
+  /** (directory, name) -> file identity answers kept, so a repeated LOOKUP skips its statx. Default 4096. */
+  nameCacheSize?: number;
   logger?: Pick<FuseLogger, 'warn'>;
 }
 
@@ -170,6 +172,13 @@ export class ClosureView extends FileSystem {
   readonly #handles: HandleTable<Handle>;
   readonly #dirFds: Lru<Identity, number>;
   readonly #listings: Lru<Identity, readonly DirEntry[]>;
+  /**
+   * What a (directory identity, name) resolved to. The store never changes, so the answer
+   * stays right; a guest with short entry timeouts (cache=auto revalidates every second)
+   * asks the same names again and again. Only a hint: an identity with no live node is
+   * looked up again with statx.
+   */
+  readonly #names: Lru<string, Identity>;
   readonly #log: Pick<FuseLogger, 'warn'> | undefined;
   #rootAttr: Attr | undefined;
   #stats: ClosureStats | undefined;
@@ -188,6 +197,7 @@ export class ClosureView extends FileSystem {
     this.#handles = new HandleTable(opts.maxHandles ?? 1024);
     this.#dirFds = new Lru(opts.dirFdCacheSize ?? 32, (fd) => native.closeQuietly(fd));
     this.#listings = new Lru(opts.listingCacheSize ?? 16, () => {});
+    this.#names = new Lru(opts.nameCacheSize ?? 4096, () => {});
     this.#log = opts.logger;
     const root: Node = {
       nodeid: ROOT_NODEID, nlookup: 0, relPath: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
@@ -246,13 +256,19 @@ export class ClosureView extends FileSystem {
     if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) {
       throw new FsError(Errno.ENOENT); // not in the closure: '.links', .drv files, other outputs, other closures
     }
+    const key = `${dir.identity}/${name.toString('latin1')}`;
+    const known = this.#names.get(key);
+    const cached = known === undefined ? undefined : this.#nodes.byIdentity(known);
+    if (cached !== undefined) return this.#entry(this.#nodes.ref(cached));
     // Keyed by the directory's identity: a string the node already holds, so the hot path builds none.
     const fd = dir.nodeid === ROOT_NODEID ? this.#storeFd : this.#dirFdOf(dir.identity, dir.relPath);
     const st = native.statx(fd, name, c.AT_SYMLINK_NOFOLLOW);
     // The path is only needed when the node is new; a known node keeps the one it has.
     // Built as one flat string: a concatenation would keep a tree of string pieces alive per node.
     const relPath = () => (dir.nodeid === ROOT_NODEID ? name : Buffer.concat([Buffer.from(`${dir.relPath}/`, 'latin1'), name])).toString('latin1');
-    return this.#entry(this.#nodeFor(st, relPath));
+    const node = this.#nodeFor(st, relPath);
+    this.#names.set(key, node.identity);
+    return this.#entry(node);
   }
 
   /** The node for a stat result (made on first sight), counting one lookup. */

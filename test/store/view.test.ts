@@ -362,6 +362,30 @@ describe('ClosureView directories', () => {
     view.close();
   });
 
+  test('the name cache answers repeated LOOKUPs with the same node and never with a freed one', async () => {
+    const view = new ClosureView({ storeDir: store.storeDir, paths: store.closure, nameCacheSize: 1 });
+    const client = new FuseClient(inProcessTransport(new FuseServer(view, { cache: 'auto' })));
+    await client.init();
+    const bin = await client.walk(`${store.names.app}/bin`);
+    const first = await client.lookup(bin.nodeid, 'hello');
+    const again = await client.lookup(bin.nodeid, 'hello');
+    expect(again.nodeid).toBe(first.nodeid);
+    expect(again.attr).toEqual(first.attr);
+    // Two lookups counted: FORGET 2 frees the node; the cached answer must not bring it back.
+    const nodes = view.counts.nodes;
+    await client.forget(first.nodeid, 2);
+    expect(view.counts.nodes).toBe(nodes - 1);
+    const fresh = await client.lookup(bin.nodeid, 'hello');
+    expect(fresh.nodeid).not.toBe(first.nodeid);
+    expect(fresh.attr.ino).toBe(first.attr.ino); // same host file, same view inode number
+    // A cache of one entry: another name evicts it, and both still resolve right.
+    const doc = await client.lookup(bin.nodeid, 'doc-rel');
+    expect(doc.nodeid).not.toBe(fresh.nodeid);
+    expect((await client.lookup(bin.nodeid, 'hello')).nodeid).toBe(fresh.nodeid);
+    expect(await errnoOf(client.lookup(bin.nodeid, 'nope'))).toBe(Errno.ENOENT);
+    view.close();
+  });
+
   test('READDIRPLUS of known entries answers from the node table: same nodes, one more lookup each, no leak', async () => {
     const { client, view } = setup();
     await client.init();
