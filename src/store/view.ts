@@ -25,6 +25,7 @@ import type { FuseLogger } from '../fuse/server';
 import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
+import { Listing, type ListedEntry, type NamedEntry } from './listing';
 import { identityFromParts, identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
 const c = native.constants;
@@ -54,7 +55,7 @@ interface DirHandle {
   kind: 'dir';
   nodeid: number;
   /** The listing as it was at OPENDIR (shared, immutable). */
-  entries: readonly DirEntry[];
+  listing: Listing;
 }
 type Handle = FileHandle | DirHandle;
 
@@ -154,14 +155,6 @@ function dropFront(bufs: readonly Buffer[], skip: number): Buffer[] {
   return out;
 }
 
-/**
- * A listing entry as the view keeps it: the host identity from getdents (d_ino on
- * the directory's device) rides along, so READDIRPLUS finds a known node without a
- * statx. When it names no node (a new file, or a file system whose d_ino or device
- * differs from statx's), the entry is looked up by name as usual.
- */
-type ListedEntry = Omit<DirEntry, 'off'> & { identity?: Identity };
-
 export class ClosureView extends FileSystem {
   readonly storeDir: string;
   readonly #storeFd: number;
@@ -171,7 +164,7 @@ export class ClosureView extends FileSystem {
   readonly #inos = new InodeNumbers();
   readonly #handles: HandleTable<Handle>;
   readonly #dirFds: Lru<Identity, number>;
-  readonly #listings: Lru<Identity, readonly DirEntry[]>;
+  readonly #listings: Lru<Identity, Listing>;
   /**
    * What a (directory identity, name) resolved to. The store never changes, so the answer
    * stays right; a guest with short entry timeouts (cache=auto revalidates every second)
@@ -299,6 +292,11 @@ export class ClosureView extends FileSystem {
     this.#nodes.forget(nodeid, nlookup);
   }
 
+  /*
+   * The listing's identity finds a known node without a statx. When it names no node
+   * (a new file, or a file system whose d_ino or device differs from statx's), the
+   * entry is looked up by name as usual.
+   */
   override lookupEntry(ctx: RequestContext, parent: number, entry: DirEntry): Entry {
     const identity = (entry as ListedEntry).identity;
     const node = identity === undefined ? undefined : this.#nodes.byIdentity(identity);
@@ -438,22 +436,22 @@ export class ClosureView extends FileSystem {
     const node = this.#node(nodeid);
     if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
     if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
-    return this.#handles.add({ kind: 'dir', nodeid, entries: this.#listing(node) });
+    return this.#handles.add({ kind: 'dir', nodeid, listing: this.#listing(node) });
   }
 
   /* Cookies are positions in a sorted listing: stable, since the directory never changes. */
   override readdir(_ctx: RequestContext, nodeid: number, fh: number, offset: number, add: DirEntrySink): void {
-    let entries: readonly DirEntry[];
+    let listing: Listing;
     if (fh === 0) {
       const node = this.#node(nodeid);
       if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
-      entries = this.#listing(node);
+      listing = this.#listing(node);
     } else {
       const h = this.#handles.get(fh);
       if (h === undefined || h.kind !== 'dir') throw new FsError(Errno.EBADF);
-      entries = h.entries;
+      listing = h.listing;
     }
-    for (let i = offset; i < entries.length; i++) if (!add(entries[i])) return;
+    for (let i = offset; i < listing.length; i++) if (!add(listing.entry(i))) return;
   }
 
   override releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {
@@ -462,18 +460,18 @@ export class ClosureView extends FileSystem {
     this.#handles.remove(fh);
   }
 
-  #listing(dir: Node): readonly DirEntry[] {
-    let entries = this.#listings.get(dir.identity);
-    if (entries === undefined) {
-      entries = dir.nodeid === ROOT_NODEID ? this.#rootListing() : this.#hostListing(dir);
-      this.#listings.set(dir.identity, entries);
+  #listing(dir: Node): Listing {
+    let listing = this.#listings.get(dir.identity);
+    if (listing === undefined) {
+      listing = dir.nodeid === ROOT_NODEID ? this.#rootListing() : this.#hostListing(dir);
+      this.#listings.set(dir.identity, listing);
     }
-    return entries;
+    return listing;
   }
 
   /** ".", "..", then each closure path present on the host, sorted. */
-  #rootListing(): DirEntry[] {
-    const named: ListedEntry[] = [];
+  #rootListing(): Listing {
+    const named: NamedEntry[] = [];
     for (const base of this.#sorted) {
       const top = this.#statTop(base);
       if (top !== undefined) {
@@ -481,7 +479,7 @@ export class ClosureView extends FileSystem {
         named.push({ name: Buffer.from(base), ino: this.#inos.of(identity), type: DT_OF[top.kind], identity });
       }
     }
-    return this.#withCookies(ROOT_NODEID, ROOT_NODEID, named);
+    return new Listing(ROOT_NODEID, ROOT_NODEID, named);
   }
 
   #statTop(base: string): { st: native.Statx; kind: NodeKind } | undefined {
@@ -495,11 +493,11 @@ export class ClosureView extends FileSystem {
     }
   }
 
-  #hostListing(dir: Node): DirEntry[] {
+  #hostListing(dir: Node): Listing {
     const fd = this.#openRel(dir.relPath, c.O_RDONLY | c.O_DIRECTORY);
     try {
       const self = native.statx(fd, '', STATX_NOFOLLOW);
-      const named: ListedEntry[] = [];
+      const named: NamedEntry[] = [];
       for (const d of native.readDirectory(fd)) {
         if (d.name.equals(DOT) || d.name.equals(DOTDOT)) continue;
         const kind = this.#direntKind(fd, d);
@@ -508,7 +506,7 @@ export class ClosureView extends FileSystem {
         named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind], identity });
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
-      return this.#withCookies(dir.ino, this.#parentIno(dir, fd), named);
+      return new Listing(dir.ino, this.#parentIno(dir, fd), named);
     } finally {
       native.closeQuietly(fd);
     }
@@ -527,17 +525,11 @@ export class ClosureView extends FileSystem {
     return this.#inos.of(identityOf(native.statx(dirFd, '..', c.AT_SYMLINK_NOFOLLOW)));
   }
 
-  #withCookies(selfIno: number, parentIno: number, named: ListedEntry[]): DirEntry[] {
-    const all = [{ name: DOT, ino: selfIno, type: c.DT_DIR }, { name: DOTDOT, ino: parentIno, type: c.DT_DIR }, ...named];
-    return all.map((e, i) => ({ ...e, off: i + 1 }));
-  }
-
   // ---- the root and statfs ---------------------------------------------------------------
 
   #rootAttrNow(): Attr {
     if (this.#rootAttr === undefined) {
-      const dirs = this.#listing(this.#nodes.root).filter((e, i) => i >= 2 && e.type === c.DT_DIR).length;
-      this.#rootAttr = attrOf(this.#nodes.root, 2 + dirs);
+      this.#rootAttr = attrOf(this.#nodes.root, 2 + this.#listing(this.#nodes.root).subdirectories());
     }
     return this.#rootAttr;
   }

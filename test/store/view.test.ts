@@ -3,12 +3,13 @@
  * The same assertions run against the real Nix-built fixture in nix-fixture.test.ts.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Errno, Opcode, FopenFlag, InitFlag } from '../../src/fuse';
 import { FuseServer } from '../../src/fuse/server';
 import { ClosureView } from '../../src/store/view';
 import { FuseClient, cName, errnoOf, inProcessTransport } from '../harness/fuse-client';
-import { makeFakeStore, type FakeStore } from './fake-store';
+import { fakeHash, makeFakeStore, type FakeStore } from './fake-store';
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -535,6 +536,127 @@ describe('ClosureView resources', () => {
     expect(await client.lseek(e.nodeid, fh, 0, 3)).toBe(0);
     expect(await client.lseek(e.nodeid, fh, 0, 4)).toBe(store.largeContent.length);
     expect(await errnoOf(client.lseek(e.nodeid, fh + 100, 0, 3))).toBe(Errno.EBADF);
+    view.close();
+  });
+});
+
+/**
+ * A store path of raw byte names and a deep tree, made per run: names that are not
+ * UTF-8 cannot live in the shared fake store (its helpers take strings).
+ */
+describe('ClosureView on byte names and deep trees', () => {
+  const base = `${fakeHash(9)}-bytes`;
+  const oddNames = [Buffer.from([0x66, 0xff, 0xfe]), Buffer.from('new\nline'), Buffer.from('ütf8'), Buffer.from('a')];
+  let root: string;
+  let storeDir: string;
+  const at = (...parts: (string | Buffer)[]): Buffer => Buffer.concat([Buffer.from(storeDir), ...[base, ...parts].map((p) => Buffer.concat([Buffer.from('/'), Buffer.from(p)]))]);
+
+  beforeAll(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'cfs-bytes-'));
+    storeDir = path.join(root, 'store');
+    fs.mkdirSync(path.join(storeDir, base, 'names'), { recursive: true });
+    for (const n of oddNames) fs.writeFileSync(at('names', n), n.toString('hex'));
+    fs.mkdirSync(path.join(storeDir, base, 'empty'));
+    fs.mkdirSync(path.join(storeDir, base, 'a', 'b', 'c'), { recursive: true });
+    fs.writeFileSync(path.join(storeDir, base, 'a', 'b', 'c', 'deep.txt'), 'deep\n');
+    fs.linkSync(path.join(storeDir, base, 'a', 'b', 'c', 'deep.txt'), path.join(storeDir, base, 'a', 'twin'));
+    fs.symlinkSync('c/deep.txt', path.join(storeDir, base, 'a', 'b', 'link'));
+  });
+  afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  function session() {
+    const view = new ClosureView({ storeDir, paths: [base] });
+    const client = new FuseClient(inProcessTransport(new FuseServer(view, { zeroMessageOpendir: true })));
+    return { view, client };
+  }
+
+  async function readFile(client: FuseClient, nodeid: number): Promise<string> {
+    const { fh } = await client.open(nodeid);
+    const text = (await client.read(nodeid, fh, 0, 100)).toString();
+    await client.release(nodeid, fh);
+    return text;
+  }
+
+  test('READDIRPLUS without a handle, one entry a call: every name byte for byte, sorted, each one opens', async () => {
+    const { view, client } = session();
+    await client.init();
+    const names = await client.walk(`${base}/names`);
+    const seen: Buffer[] = [];
+    for (let off = 0; ; ) {
+      const batch = await client.readdirplus(names.nodeid, 0, off, 180); // room for one entry
+      if (batch.length === 0) break;
+      expect(batch.length).toBe(1);
+      const [d] = batch;
+      expect(d.off).toBe(seen.length + 1);
+      seen.push(d.name);
+      if (d.entry.nodeid !== 0) expect(await readFile(client, d.entry.nodeid)).toBe(d.name.toString('hex'));
+      off = d.off;
+    }
+    const sorted = [...oddNames].sort(Buffer.compare);
+    expect(seen.map((n) => n.toString('hex'))).toEqual([Buffer.from('.'), Buffer.from('..'), ...sorted].map((n) => n.toString('hex')));
+    view.close();
+  });
+
+  test('an empty directory lists . and .. with its own and its parent\'s inode numbers', async () => {
+    const { view, client } = session();
+    await client.init();
+    const top = await client.lookup(1, base);
+    const empty = await client.lookup(top.nodeid, 'empty');
+    const all = await client.readdirAll(empty.nodeid, 0, 64);
+    expect(all.map((d) => [d.name.toString(), d.ino, d.off])).toEqual([['.', empty.attr.ino, 1], ['..', top.attr.ino, 2]]);
+    expect(await client.readdir(empty.nodeid, 0, 2)).toEqual([]);
+    view.close();
+  });
+
+  test('.. climbs a deep tree, also after the guest forgot the directories above', async () => {
+    const { view, client } = session();
+    await client.init();
+    const top = await client.lookup(1, base);
+    const a = await client.lookup(top.nodeid, 'a');
+    const b = await client.lookup(a.nodeid, 'b');
+    const c = await client.lookup(b.nodeid, 'c');
+    expect((await client.readdirAll(c.nodeid, 0)).find((d) => d.name.toString() === '..')?.ino).toBe(b.attr.ino);
+    expect((await client.lookup(c.nodeid, '..')).nodeid).toBe(b.nodeid);
+    expect((await client.lookup(b.nodeid, '..')).nodeid).toBe(a.nodeid);
+    expect((await client.lookup(a.nodeid, '..')).nodeid).toBe(top.nodeid);
+    await client.forget(b.nodeid, 2);
+    await client.forget(a.nodeid, 2);
+    const b2 = await client.lookup(c.nodeid, '..');
+    expect(b2.nodeid).not.toBe(b.nodeid); // a fresh node for the same directory
+    expect(b2.attr).toEqual(b.attr);
+    const a2 = await client.lookup(b2.nodeid, '..');
+    expect(a2.attr).toEqual(a.attr);
+    expect((await client.lookup(a2.nodeid, '..')).nodeid).toBe(top.nodeid);
+    view.close();
+  });
+
+  test('a node keeps working after the directories it was found under are forgotten', async () => {
+    const { view, client } = session();
+    await client.init();
+    const dirs = [await client.lookup(1, base)];
+    for (const name of ['a', 'b', 'c']) dirs.push(await client.lookup(dirs[dirs.length - 1].nodeid, name));
+    const link = await client.lookup(dirs[2].nodeid, 'link');
+    const deep = await client.lookup(dirs[3].nodeid, 'deep.txt');
+    for (const dir of dirs) await client.forget(dir.nodeid, 1);
+    expect(view.counts.nodes).toBe(3); // the root, link, deep.txt
+    expect((await client.readlink(link.nodeid)).toString()).toBe('c/deep.txt');
+    expect(await readFile(client, deep.nodeid)).toBe('deep\n');
+    view.close();
+  });
+
+  test('hard-link twins are one node, whichever name found it first', async () => {
+    const { view, client } = session();
+    await client.init();
+    const twin = await client.walk(`${base}/a/twin`);
+    const deep = await client.walk(`${base}/a/b/c/deep.txt`);
+    expect(deep.nodeid).toBe(twin.nodeid);
+    await client.forget(twin.nodeid, 2);
+    const viaDeep = await client.walk(`${base}/a/b/c/deep.txt`);
+    expect(viaDeep.attr.ino).toBe(twin.attr.ino);
+    expect(await readFile(client, viaDeep.nodeid)).toBe('deep\n');
+    const viaTwin = await client.lookup((await client.walk(`${base}/a`)).nodeid, 'twin');
+    expect(viaTwin.nodeid).toBe(viaDeep.nodeid);
+    expect(await readFile(client, viaTwin.nodeid)).toBe('deep\n');
     view.close();
   });
 });
