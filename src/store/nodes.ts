@@ -4,8 +4,9 @@
  * nodeid can never alias a new node; they are never derived from host inode
  * numbers. A node is keyed by its host identity (dev, ino), so the number of
  * nodes can never exceed the number of distinct files in the closure, however
- * the guest looks them up; it holds no fd, only its path relative to the store
- * directory (the store is immutable, so the path stays valid).
+ * the guest looks them up; it holds no fd, only where it was found: its directory
+ * and its name there, from which its path below the store directory is built when
+ * a host call needs it (the store is immutable, so the path stays valid).
  */
 import { InternalInvariantError } from '../fuse/errno';
 
@@ -17,11 +18,13 @@ export type Identity = number | string;
 export interface Node {
   readonly nodeid: number;
   /**
-   * Path below the store directory, e.g. `<hash>-name/bin/x`; empty for the root. A latin1
-   * string (one char per byte, so any host name round-trips): a string costs a fraction of
-   * a Buffer's memory, and a walked closure holds one per file.
+   * The directory the node was found in: the root for a store path, none for the root.
+   * It may be a node the guest has forgotten since; that is fine, its path still holds.
+   * A walked closure holds a node per file: a whole path in each was a third of its memory.
    */
-  readonly relPath: string;
+  readonly parent: Node | undefined;
+  /** The node's name in `parent` ('' for the root), latin1: one char per byte, so any host name round-trips. */
+  readonly name: string;
   readonly kind: NodeKind;
   /** The host file's (dev, ino) as a key (see identityOf); '' for the root, which has no host counterpart. */
   readonly identity: Identity;
@@ -41,6 +44,13 @@ export interface Node {
 }
 
 export const ROOT_NODEID = 1;
+
+/** The node's path below the store directory, e.g. `<hash>-name/bin/x`; empty for the root. */
+export function relPathOf(node: Node): string {
+  const names: string[] = [];
+  for (let n = node; n.parent !== undefined; n = n.parent) names.push(n.name);
+  return names.reverse().join('/');
+}
 
 export class NodeTable {
   readonly #nodes = new Map<number, Node>();

@@ -26,7 +26,7 @@ import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
 import { Listing, type ListedEntry, type NamedEntry } from './listing';
-import { identityFromParts, identityOf, InodeNumbers, NodeTable, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
+import { identityFromParts, identityOf, InodeNumbers, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
 const c = native.constants;
 
@@ -193,7 +193,7 @@ export class ClosureView extends FileSystem {
     this.#names = new Lru(opts.nameCacheSize ?? 4096, () => {});
     this.#log = opts.logger;
     const root: Node = {
-      nodeid: ROOT_NODEID, nlookup: 0, relPath: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
+      nodeid: ROOT_NODEID, nlookup: 0, parent: undefined, name: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
       size: BLOCK, mtime: STORE_MTIME, mtimeNsec: 0, perm: 0o555, nlink: 2,
     };
     this.#nodes = new NodeTable(root);
@@ -249,23 +249,20 @@ export class ClosureView extends FileSystem {
     if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) {
       throw new FsError(Errno.ENOENT); // not in the closure: '.links', .drv files, other outputs, other closures
     }
-    const key = `${dir.identity}/${name.toString('latin1')}`;
+    const latin1 = name.toString('latin1');
+    const key = `${dir.identity}/${latin1}`;
     const known = this.#names.get(key);
     const cached = known === undefined ? undefined : this.#nodes.byIdentity(known);
     if (cached !== undefined) return this.#entry(this.#nodes.ref(cached));
-    // Keyed by the directory's identity: a string the node already holds, so the hot path builds none.
-    const fd = dir.nodeid === ROOT_NODEID ? this.#storeFd : this.#dirFdOf(dir.identity, dir.relPath);
-    const st = native.statx(fd, name, c.AT_SYMLINK_NOFOLLOW);
-    // The path is only needed when the node is new; a known node keeps the one it has.
-    // Built as one flat string: a concatenation would keep a tree of string pieces alive per node.
-    const relPath = () => (dir.nodeid === ROOT_NODEID ? name : Buffer.concat([Buffer.from(`${dir.relPath}/`, 'latin1'), name])).toString('latin1');
-    const node = this.#nodeFor(st, relPath);
+    const st = native.statx(this.#dirFdOf(dir), name, c.AT_SYMLINK_NOFOLLOW);
+    // A known node keeps the parent and name it was first found under (a hard-link twin).
+    const node = this.#nodeFor(st, dir, latin1);
     this.#names.set(key, node.identity);
     return this.#entry(node);
   }
 
   /** The node for a stat result (made on first sight), counting one lookup. */
-  #nodeFor(st: native.Statx, relPath: () => string): Node {
+  #nodeFor(st: native.Statx, parent: Node, name: string): Node {
     const kind = kindOf(st.mode);
     if (kind === undefined) throw new FsError(Errno.ENOENT);
     const identity = identityOf(st);
@@ -273,7 +270,7 @@ export class ClosureView extends FileSystem {
       const f = fileFields(st, kind);
       // Every field written out in one literal: one hidden class for all nodes (a spread would not be).
       return {
-        nodeid, nlookup: 0, relPath: relPath(), kind, identity, ino: this.#inos.of(identity),
+        nodeid, nlookup: 0, parent, name, kind, identity, ino: this.#inos.of(identity),
         size: f.size, mtime: f.mtime, mtimeNsec: f.mtimeNsec, perm: f.perm, nlink: f.nlink,
       };
     });
@@ -281,11 +278,11 @@ export class ClosureView extends FileSystem {
 
   /** ".." of a directory: the root for the root and for store paths, else the directory above. */
   #parentOf(dir: Node): Node {
-    const slash = dir.relPath.lastIndexOf('/');
-    if (slash < 0) return this.#nodes.ref(this.#nodes.root);
-    const parentRel = dir.relPath.slice(0, slash);
-    const st = native.statx(this.#dirFdOfPath(parentRel), '', STATX_NOFOLLOW);
-    return this.#nodeFor(st, () => parentRel);
+    const up = dir.parent;
+    if (up?.parent === undefined) return this.#nodes.ref(this.#nodes.root);
+    // `up` may have been forgotten by the guest: found again by identity, or made anew where it was.
+    const st = native.statx(this.#dirFdOf(up), '', STATX_NOFOLLOW);
+    return this.#nodeFor(st, up.parent, up.name);
   }
 
   override forget(nodeid: number, nlookup: number): void {
@@ -311,10 +308,8 @@ export class ClosureView extends FileSystem {
 
   override readlink(_ctx: RequestContext, nodeid: number): Buffer {
     const node = this.#node(nodeid);
-    if (node.kind !== 'lnk') throw new FsError(Errno.EINVAL);
-    const slash = node.relPath.lastIndexOf('/');
-    const parentRel = slash < 0 ? '' : node.relPath.slice(0, slash);
-    return native.readlinkat(this.#dirFdOfPath(parentRel), Buffer.from(node.relPath.slice(slash + 1), 'latin1'));
+    if (node.kind !== 'lnk' || node.parent === undefined) throw new FsError(Errno.EINVAL);
+    return native.readlinkat(this.#dirFdOf(node.parent), Buffer.from(node.name, 'latin1'));
   }
 
   override access(_ctx: RequestContext, nodeid: number, mask: number): void {
@@ -325,28 +320,21 @@ export class ClosureView extends FileSystem {
 
   // ---- host paths ---------------------------------------------------------------------
 
-  /** openat2 from the store directory: beneath it, no symlink anywhere on the way. */
   /** Opens relPath (a latin1 path below the store) in one openat2: beneath the store, no symlinks. */
   #openRel(relPath: string, flags: number): number {
     return native.openat2(this.#storeFd, Buffer.from(relPath, 'latin1'), flags | c.O_NOFOLLOW | c.O_CLOEXEC, RESOLVE);
   }
 
-  /** An O_PATH fd of a directory of the view (the store dir for the root), cached. */
-  /** An O_PATH fd of the directory at relPath, cached under `key` (identities never start with '/'). */
-  #dirFdOf(key: Identity, relPath: string): number {
-    if (relPath.length === 0) return this.#storeFd;
-    let fd = this.#dirFds.get(key);
+  /** An O_PATH fd of a directory of the view (the store dir for the root), cached by its identity. */
+  #dirFdOf(dir: Node): number {
+    if (dir.parent === undefined) return this.#storeFd;
+    let fd = this.#dirFds.get(dir.identity);
     if (fd === undefined) {
-      fd = this.#openRel(relPath, c.O_PATH | c.O_DIRECTORY);
-      this.#dirFds.set(key, fd);
+      fd = this.#openRel(relPathOf(dir), c.O_PATH | c.O_DIRECTORY);
+      this.#dirFds.set(dir.identity, fd);
     }
     return fd;
   }
-
-  #dirFdOfPath(relPath: string): number {
-    return this.#dirFdOf(`/${relPath}`, relPath);
-  }
-
 
   // ---- files ------------------------------------------------------------------------------
 
@@ -361,7 +349,7 @@ export class ClosureView extends FileSystem {
     if (node.kind !== 'reg') return { errno: node.kind === 'dir' ? Errno.EISDIR : Errno.EINVAL };
     let fd: number;
     try {
-      fd = this.#openRel(node.relPath, c.O_RDONLY | c.O_NONBLOCK);
+      fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
     } catch (e) {
       return { errno: isErrnoError(e) ? e.errno : Errno.EIO };
     }
@@ -380,7 +368,7 @@ export class ClosureView extends FileSystem {
     if (node.kind === 'lnk') throw new FsError(Errno.ELOOP);
     if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
     // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
-    const fd = this.#openRel(node.relPath, c.O_RDONLY | c.O_NONBLOCK);
+    const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
     try {
       if (identityOf(native.statx(fd, '', STATX_NOFOLLOW)) !== node.identity) throw new FsError(Errno.ESTALE);
       return this.#handles.add({ kind: 'file', nodeid, fd });
@@ -494,7 +482,7 @@ export class ClosureView extends FileSystem {
   }
 
   #hostListing(dir: Node): Listing {
-    const fd = this.#openRel(dir.relPath, c.O_RDONLY | c.O_DIRECTORY);
+    const fd = this.#openRel(relPathOf(dir), c.O_RDONLY | c.O_DIRECTORY);
     try {
       const self = native.statx(fd, '', STATX_NOFOLLOW);
       const named: NamedEntry[] = [];
@@ -506,7 +494,8 @@ export class ClosureView extends FileSystem {
         named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind], identity });
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
-      return new Listing(dir.ino, this.#parentIno(dir, fd), named);
+      // The parent's node has the inode number a statx of '..' would find.
+      return new Listing(dir.ino, dir.parent?.ino ?? ROOT_NODEID, named);
     } finally {
       native.closeQuietly(fd);
     }
@@ -518,11 +507,6 @@ export class ClosureView extends FileSystem {
     if (d.type === c.DT_LNK) return 'lnk';
     if (d.type !== c.DT_UNKNOWN) return undefined;
     return kindOf(native.statx(dirFd, d.name, c.AT_SYMLINK_NOFOLLOW).mode); // file systems without d_type
-  }
-
-  #parentIno(dir: Node, dirFd: number): number {
-    if (!dir.relPath.includes('/')) return ROOT_NODEID;
-    return this.#inos.of(identityOf(native.statx(dirFd, '..', c.AT_SYMLINK_NOFOLLOW)));
   }
 
   // ---- the root and statfs ---------------------------------------------------------------
