@@ -58,7 +58,8 @@ static const char* kStatxNames[kStatxFields] = {
     "atimeSec", "atimeNsec", "mtimeSec", "mtimeNsec", "ctimeSec", "ctimeNsec",
     "rdevMajor", "rdevMinor", "devMajor", "devMinor"};
 
-// statx(dirfd, path, flags, mask, out: Float64Array) fills out (layout above).
+// statx(dirfd, path, flags, mask, out: Float64Array) fills out (layout above) and
+// returns 0, or returns the errno when the call failed.
 static Napi::Value Statx(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int dirfd = ArgFd(info, 0);
@@ -72,7 +73,9 @@ static Napi::Value Statx(const Napi::CallbackInfo& info) {
   auto out = info[4].As<Napi::Float64Array>();
   if (out.ElementLength() < kStatxFields) throw Napi::RangeError::New(env, "out is too short");
   struct statx sx;
-  if (statx(dirfd, path.c_str(), flags, mask, &sx) < 0) ThrowErrno(env, errno, "statx");
+  // The errno is returned, not thrown: a missing name is an everyday answer
+  // (a guest's LOOKUP), and a thrown error costs a captured stack trace.
+  if (statx(dirfd, path.c_str(), flags, mask, &sx) < 0) return Napi::Number::New(env, errno);
   double* o = out.Data();
   o[kMask] = sx.stx_mask;
   o[kMode] = sx.stx_mode;
@@ -94,7 +97,7 @@ static Napi::Value Statx(const Napi::CallbackInfo& info) {
   o[kRdevMinor] = sx.stx_rdev_minor;
   o[kDevMajor] = sx.stx_dev_major;
   o[kDevMinor] = sx.stx_dev_minor;
-  return env.Undefined();
+  return Napi::Number::New(env, 0);
 }
 
 // readlinkat(dirfd, path) -> Buffer with the target bytes, verbatim.

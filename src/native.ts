@@ -5,7 +5,8 @@
  */
 import { ftruncateSync } from 'node:fs';
 import * as path from 'node:path';
-import { isErrnoError } from './errors';
+import * as util from 'node:util';
+import { isErrnoError, type ErrnoError } from './errors';
 
 interface Addon {
   close(fd: number): void;
@@ -31,7 +32,8 @@ interface Addon {
   Watcher: new (fd: number, cb: (status: number, events: number) => void) => AddonWatcher;
   openat(dirfd: number, path: string | Buffer, flags: number): number;
   openat2(dirfd: number, path: string | Buffer, flags: number, resolve: number): number;
-  statx(dirfd: number, path: string | Buffer, flags: number, mask: number, out: Float64Array): void;
+  /** 0, or the errno of the failed call. */
+  statx(dirfd: number, path: string | Buffer, flags: number, mask: number, out: Float64Array): number;
   readlinkat(dirfd: number, path: string | Buffer): Buffer;
   getdents64(fd: number, scratch: Buffer): RawDirent[];
   fstatfs(fd: number): StatFs;
@@ -305,6 +307,7 @@ export function statxIno(st: Statx): bigint {
 /**
  * statx(2). Default flags: AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH, so statx(fd, '')
  * describes fd itself and a symlink describes the link, never its target.
+ * Throws an errno error (code, errno, syscall) when the call fails.
  */
 export function statx(
   dirfd: number,
@@ -312,7 +315,23 @@ export function statx(
   flags = constants.AT_SYMLINK_NOFOLLOW | constants.AT_EMPTY_PATH,
   mask = constants.STATX_BASIC_STATS,
 ): Statx {
-  addon.statx(dirfd, path, flags, mask, statxScratch);
+  const st = statxOrErrno(dirfd, path, flags, mask);
+  if (typeof st === 'number') throw errnoError(st, 'statx');
+  return st;
+}
+
+/**
+ * statx(2) for paths where failure is an expected answer (a guest looking up a
+ * name that is not there): the errno comes back as a number, no error is made.
+ */
+export function statxOrErrno(
+  dirfd: number,
+  path: string | Buffer,
+  flags = constants.AT_SYMLINK_NOFOLLOW | constants.AT_EMPTY_PATH,
+  mask = constants.STATX_BASIC_STATS,
+): Statx | number {
+  const err = addon.statx(dirfd, path, flags, mask, statxScratch);
+  if (err !== 0) return err;
   const f = statxScratch;
   // One object literal: a fixed shape V8 optimises (a loop over keys is several times slower).
   return {
@@ -320,6 +339,12 @@ export function statx(
     blksize: f[9], atimeSec: f[10], atimeNsec: f[11], mtimeSec: f[12], mtimeNsec: f[13], ctimeSec: f[14],
     ctimeNsec: f[15], rdevMajor: f[16], rdevMinor: f[17], devMajor: f[18], devMinor: f[19],
   };
+}
+
+/** An error shaped like the addon's own (and Node's): `syscall: message`, code, errno, syscall. */
+function errnoError(errno: number, syscall: string): ErrnoError {
+  const [code, message] = util.getSystemErrorMap().get(-errno) ?? ['EUNKNOWN', `errno ${errno}`];
+  return Object.assign(new Error(`${syscall}: ${message}`), { code, errno, syscall });
 }
 
 /** readlinkat(2): the target bytes verbatim. */
