@@ -28,6 +28,14 @@ describe('Listing', () => {
     expect(l.subdirectories()).toBe(2);
   });
 
+  test('a listing with more names than fit in a pooled buffer', () => {
+    const named: NamedEntry[] = Array.from({ length: 5000 }, (_, i) => ({ name: Buffer.from(`entry-${i}`), ino: i + 10, type: i % 2 ? DT_DIR : DT_REG, identity: i }));
+    const l = new Listing(1, 1, named);
+    expect(l.length).toBe(5002);
+    for (const i of [0, 1, 2, 4999]) expect(plain(l.entry(i + 2))).toEqual({ ...named[i], off: i + 3 });
+    expect(l.subdirectories()).toBe(2500);
+  });
+
   test('entries are made fresh and independent of the input buffers', () => {
     const name = Buffer.from('abc');
     const l = new Listing(1, 1, [{ name, ino: 5, type: DT_REG, identity: 9 }]);
