@@ -243,22 +243,36 @@ export class ClosureView extends FileSystem {
 
   override lookup(_ctx: RequestContext, parent: number, name: Buffer): Entry {
     const dir = this.#node(parent);
-    if (dir.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
-    if (isName(name, DOT)) return this.#entry(this.#nodes.ref(dir));
-    if (isName(name, DOTDOT)) return this.#entry(this.#parentOf(dir));
-    if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) {
-      throw new FsError(Errno.ENOENT); // not in the closure: '.links', .drv files, other outputs, other closures
-    }
+    const fixed = this.#resolveWithoutHost(dir, name);
+    if (fixed !== undefined) return this.#entry(fixed);
     const latin1 = name.toString('latin1');
     const key = `${dir.identity}/${latin1}`;
     const known = this.#names.get(key);
     const cached = known === undefined ? undefined : this.#nodes.byIdentity(known);
     if (cached !== undefined) return this.#entry(this.#nodes.ref(cached));
-    const st = native.statx(this.#dirFdOf(dir), name, c.AT_SYMLINK_NOFOLLOW);
-    // A known node keeps the parent and name it was first found under (a hard-link twin).
-    const node = this.#nodeFor(st, dir, latin1);
+    const node = this.#statNode(dir, name, latin1);
     this.#names.set(key, node.identity);
     return this.#entry(node);
+  }
+
+  /**
+   * What `name` in `dir` is without asking the host: '.' and '..' (counting a lookup),
+   * ENOTDIR below a non-directory, ENOENT for a root name outside the closure ('.links',
+   * .drv files, other outputs, other closures); undefined for a name to stat.
+   */
+  #resolveWithoutHost(dir: Node, name: Buffer): Node | undefined {
+    if (dir.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+    if (isName(name, DOT)) return this.#nodes.ref(dir);
+    if (isName(name, DOTDOT)) return this.#parentOf(dir);
+    if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) throw new FsError(Errno.ENOENT);
+    return undefined;
+  }
+
+  /** The node `name` in `dir` is on the host, counting one lookup. */
+  #statNode(dir: Node, name: Buffer, latin1: string): Node {
+    const st = native.statx(this.#dirFdOf(dir), name, c.AT_SYMLINK_NOFOLLOW);
+    // A known node keeps the parent and name it was first found under (a hard-link twin).
+    return this.#nodeFor(st, dir, latin1);
   }
 
   /** The node for a stat result (made on first sight), counting one lookup. */
@@ -292,13 +306,17 @@ export class ClosureView extends FileSystem {
   /*
    * The listing's identity finds a known node without a statx. When it names no node
    * (a new file, or a file system whose d_ino or device differs from statx's), the
-   * entry is looked up by name as usual.
+   * entry is looked up by name, but its answer stays out of the name cache: a walk
+   * would put every entry there, each key old-space garbage once evicted, and the
+   * guest now holds the dentry READDIRPLUS gave it, so it seldom asks the name soon.
    */
-  override lookupEntry(ctx: RequestContext, parent: number, entry: DirEntry): Entry {
+  override lookupEntry(_ctx: RequestContext, parent: number, entry: DirEntry): Entry {
     const identity = (entry as ListedEntry).identity;
-    const node = identity === undefined ? undefined : this.#nodes.byIdentity(identity);
-    if (node !== undefined && node.nodeid !== ROOT_NODEID) return this.#entry(this.#nodes.ref(node));
-    return this.lookup(ctx, parent, entry.name);
+    const known = identity === undefined ? undefined : this.#nodes.byIdentity(identity);
+    if (known !== undefined && known.nodeid !== ROOT_NODEID) return this.#entry(this.#nodes.ref(known));
+    const dir = this.#node(parent);
+    const node = this.#resolveWithoutHost(dir, entry.name) ?? this.#statNode(dir, entry.name, entry.name.toString('latin1'));
+    return this.#entry(node);
   }
 
   override getattr(_ctx: RequestContext, nodeid: number): Attr {

@@ -409,6 +409,24 @@ describe('ClosureView directories', () => {
     view.close();
   });
 
+  test('LOOKUP after READDIRPLUS finds the nodes READDIRPLUS made, counting one more lookup', async () => {
+    const { client, view } = setup();
+    await client.init();
+    const bin = await client.walk(`${store.names.app}/bin`);
+    const listed = await client.readdirplus(bin.nodeid, 0, 0, 65536);
+    const hello = listed.find((d) => d.name.toString() === 'hello')!.entry;
+    const nodes = view.counts.nodes;
+    const again = await client.lookup(bin.nodeid, 'hello');
+    expect(again.nodeid).toBe(hello.nodeid);
+    expect(again.attr).toEqual(hello.attr);
+    expect((await client.lookup(bin.nodeid, 'hello')).nodeid).toBe(hello.nodeid);
+    await client.forget(hello.nodeid, 2);
+    expect(view.counts.nodes).toBe(nodes);
+    await client.forget(hello.nodeid, 1);
+    expect(view.counts.nodes).toBe(nodes - 1);
+    view.close();
+  });
+
   test('READDIRPLUS in small buffers: only entries that fit are looked up', async () => {
     const { client, view } = setup();
     await client.init();
