@@ -51,6 +51,8 @@ export class HandleTable<T> {
  */
 export class Lru<K, V> {
   readonly #map = new Map<K, V>();
+  /** The most recently used key, which a hit need not move. */
+  #newest: K | undefined;
 
   constructor(
     readonly capacity: number,
@@ -63,10 +65,13 @@ export class Lru<K, V> {
 
   get(k: K): V | undefined {
     const v = this.#map.get(k);
-    if (v !== undefined) {
-      // Map keeps insertion order: re-inserting makes this the most recent.
+    if (v !== undefined && k !== this.#newest) {
+      // Map keeps insertion order: re-inserting makes this the most recent. Each re-insert
+      // leaves a deleted slot that a later rehash copies the table to clear; hits come in
+      // runs on one key (the entries of one directory), so the first of a run moves it.
       this.#map.delete(k);
       this.#map.set(k, v);
+      this.#newest = k;
     }
     return v;
   }
@@ -78,6 +83,7 @@ export class Lru<K, V> {
       if (old !== v) this.evict(old);
     }
     this.#map.set(k, v);
+    this.#newest = k;
     while (this.#map.size > this.capacity) {
       const [oldestKey, oldest] = this.#map.entries().next().value as [K, V];
       this.#map.delete(oldestKey);
@@ -88,5 +94,6 @@ export class Lru<K, V> {
   clear(): void {
     for (const v of this.#map.values()) this.evict(v);
     this.#map.clear();
+    this.#newest = undefined;
   }
 }
