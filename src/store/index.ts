@@ -17,5 +17,5 @@ export type { ClosureFormat, ClosureOfOptions, LoadClosureOptions, ParsedClosure
 export { ClosureView } from './view';
 export type { ClosureStats, ClosureViewOptions } from './view';
 export { HandleTable, Lru } from './handles';
-export { InodeNumbers, NodeTable, ROOT_NODEID, identityOf } from './nodes';
+export { NodeTable, ROOT_NODEID, identityOf } from './nodes';
 export type { Node, NodeKind } from './nodes';

@@ -1,6 +1,6 @@
 /**
- * The node table (what the guest's nodeids name) and the identity map (what st_ino
- * the guest sees). Nodeids come from a counter and are never reused, so a stale
+ * The node table: what the guest's nodeids name, and the view's inode numbers (what
+ * st_ino the guest sees) by host identity. Nodeids come from a counter and are never reused, so a stale
  * nodeid can never alias a new node; they are never derived from host inode
  * numbers. A node is keyed by its host identity (dev, ino), so the number of
  * nodes can never exceed the number of distinct files in the closure, however
@@ -52,17 +52,34 @@ export function relPathOf(node: Node): string {
   return names.reverse().join('/');
 }
 
+/**
+ * The live nodes by nodeid, and every host file seen by identity. The view's inode
+ * numbers live here too, for the daemon's whole life: the same host file always
+ * shows the same st_ino, and the number reveals nothing about the host (it counts
+ * up from 2 in the order files are first seen; 1 is the root).
+ */
 export class NodeTable {
   readonly #nodes = new Map<number, Node>();
-  readonly #byIdentity = new Map<Identity, number>();
+  /**
+   * Host identity -> its live node, or its inode number while it has none. One map
+   * for both, not one per question: a walked closure has an entry per file.
+   */
+  readonly #byIdentity = new Map<Identity, Node | number>();
   #nextNodeid = ROOT_NODEID + 1;
+  #nextIno = ROOT_NODEID + 1;
 
   constructor(readonly root: Node) {
     this.#nodes.set(ROOT_NODEID, root);
   }
 
+  /** Live nodes, the root included. */
   get size(): number {
     return this.#nodes.size;
+  }
+
+  /** Host files given an inode number (every one seen). */
+  get inodeNumbers(): number {
+    return this.#byIdentity.size;
   }
 
   get(nodeid: number): Node | undefined {
@@ -70,19 +87,31 @@ export class NodeTable {
   }
 
   byIdentity(identity: Identity): Node | undefined {
-    const id = this.#byIdentity.get(identity);
-    return id === undefined ? undefined : this.#nodes.get(id);
+    const known = this.#byIdentity.get(identity);
+    return typeof known === 'object' ? known : undefined;
+  }
+
+  /** The view's inode number of a host file, given on first sight. */
+  inoOf(identity: Identity): number {
+    const known = this.#byIdentity.get(identity);
+    if (known === undefined) {
+      const ino = this.#nextIno++;
+      this.#byIdentity.set(identity, ino);
+      return ino;
+    }
+    return typeof known === 'number' ? known : known.ino;
   }
 
   /** Finds the node for a host identity or makes one; either way counts one lookup. */
-  lookupOrCreate(identity: Identity, make: (nodeid: number) => Node): Node {
+  lookupOrCreate(identity: Identity, make: (nodeid: number, ino: number) => Node): Node {
     let node = this.byIdentity(identity);
     if (node === undefined) {
       const nodeid = this.#nextNodeid++;
-      node = make(nodeid);
-      if (node.nodeid !== nodeid || node.identity !== identity) throw new InternalInvariantError('node made with the wrong id');
+      const ino = this.inoOf(identity);
+      node = make(nodeid, ino);
+      if (node.nodeid !== nodeid || node.identity !== identity || node.ino !== ino) throw new InternalInvariantError('node made with the wrong ids');
       this.#nodes.set(nodeid, node);
-      this.#byIdentity.set(identity, nodeid);
+      this.#byIdentity.set(identity, node);
     }
     node.nlookup++;
     return node;
@@ -116,32 +145,10 @@ export class NodeTable {
     this.root.nlookup = 0;
   }
 
+  /** The node goes; its host file keeps its inode number. */
   #free(node: Node): void {
     this.#nodes.delete(node.nodeid);
-    this.#byIdentity.delete(node.identity);
-  }
-}
-
-/**
- * Host identity -> the view's inode number, for the daemon's whole life: the same
- * host file always shows the same st_ino, and the number reveals nothing about the
- * host (it counts up from 2 in the order files are first seen; 1 is the root).
- */
-export class InodeNumbers {
-  readonly #map = new Map<Identity, number>();
-  #next = 2;
-
-  get size(): number {
-    return this.#map.size;
-  }
-
-  of(identity: Identity): number {
-    let ino = this.#map.get(identity);
-    if (ino === undefined) {
-      ino = this.#next++;
-      this.#map.set(identity, ino);
-    }
-    return ino;
+    this.#byIdentity.set(node.identity, node.ino);
   }
 }
 

@@ -26,7 +26,7 @@ import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
 import { Listing, type ListedEntry, type NamedEntry } from './listing';
-import { identityFromParts, identityOf, InodeNumbers, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
+import { identityFromParts, identityOf, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
 const c = native.constants;
 
@@ -161,7 +161,6 @@ export class ClosureView extends FileSystem {
   readonly #closure: ReadonlySet<string>;
   readonly #sorted: readonly string[];
   readonly #nodes: NodeTable;
-  readonly #inos = new InodeNumbers();
   readonly #handles: HandleTable<Handle>;
   readonly #dirFds: Lru<Identity, number>;
   readonly #listings: Lru<Identity, Listing>;
@@ -207,7 +206,7 @@ export class ClosureView extends FileSystem {
 
   /** Counters for tests and metrics. */
   get counts(): { nodes: number; handles: number; inodeNumbers: number; dirFds: number } {
-    return { nodes: this.#nodes.size, handles: this.#handles.size, inodeNumbers: this.#inos.size, dirFds: this.#dirFds.size };
+    return { nodes: this.#nodes.size, handles: this.#handles.size, inodeNumbers: this.#nodes.inodeNumbers, dirFds: this.#dirFds.size };
   }
 
   /** Releases every fd; the view is unusable afterwards. */
@@ -280,11 +279,11 @@ export class ClosureView extends FileSystem {
     const kind = kindOf(st.mode);
     if (kind === undefined) throw new FsError(Errno.ENOENT);
     const identity = identityOf(st);
-    return this.#nodes.lookupOrCreate(identity, (nodeid) => {
+    return this.#nodes.lookupOrCreate(identity, (nodeid, ino) => {
       const f = fileFields(st, kind);
       // Every field written out in one literal: one hidden class for all nodes (a spread would not be).
       return {
-        nodeid, nlookup: 0, parent, name, kind, identity, ino: this.#inos.of(identity),
+        nodeid, nlookup: 0, parent, name, kind, identity, ino,
         size: f.size, mtime: f.mtime, mtimeNsec: f.mtimeNsec, perm: f.perm, nlink: f.nlink,
       };
     });
@@ -482,7 +481,7 @@ export class ClosureView extends FileSystem {
       const top = this.#statTop(base);
       if (top !== undefined) {
         const identity = identityOf(top.st);
-        named.push({ name: Buffer.from(base), ino: this.#inos.of(identity), type: DT_OF[top.kind], identity });
+        named.push({ name: Buffer.from(base), ino: this.#nodes.inoOf(identity), type: DT_OF[top.kind], identity });
       }
     }
     return new Listing(ROOT_NODEID, ROOT_NODEID, named);
@@ -509,7 +508,7 @@ export class ClosureView extends FileSystem {
         const kind = this.#direntKind(fd, d);
         if (kind === undefined) continue;
         const identity = identityFromParts(self.devMajor, self.devMinor, Number(d.ino >> 32n), Number(d.ino & 0xffffffffn));
-        named.push({ name: d.name, ino: this.#inos.of(identity), type: DT_OF[kind], identity });
+        named.push({ name: d.name, ino: this.#nodes.inoOf(identity), type: DT_OF[kind], identity });
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
       // The parent's node has the inode number a statx of '..' would find.

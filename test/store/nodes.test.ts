@@ -1,0 +1,63 @@
+/** The node table: nodeids never reused, inode numbers for the daemon's life, one entry per host file. */
+import { NodeTable, ROOT_NODEID, relPathOf, type Identity, type Node } from '../../src/store/nodes';
+
+function node(nodeid: number, ino: number, identity: Identity, parent: Node | undefined, name: string): Node {
+  return { nodeid, ino, identity, parent, name, nlookup: 0, kind: parent ? 'reg' : 'dir', size: 0, mtime: 1, mtimeNsec: 0, perm: 0o444, nlink: 1 };
+}
+
+function table() {
+  const root = node(ROOT_NODEID, ROOT_NODEID, '', undefined, '');
+  return { root, nodes: new NodeTable(root) };
+}
+
+describe('NodeTable', () => {
+  test('a freed node\'s host file keeps its inode number; its next node gets a new nodeid', () => {
+    const { root, nodes } = table();
+    const first = nodes.lookupOrCreate(42, (nodeid, ino) => node(nodeid, ino, 42, root, 'f'));
+    expect([first.nodeid, first.ino]).toEqual([2, 2]);
+    expect(nodes.lookupOrCreate(42, () => { throw new Error('made twice'); })).toBe(first);
+    nodes.forget(first.nodeid, 2);
+    expect(nodes.get(first.nodeid)).toBeUndefined();
+    expect(nodes.byIdentity(42)).toBeUndefined();
+    expect(nodes.inoOf(42)).toBe(2);
+    const again = nodes.lookupOrCreate(42, (nodeid, ino) => node(nodeid, ino, 42, root, 'f'));
+    expect([again.nodeid, again.ino]).toEqual([3, 2]);
+    expect([nodes.size, nodes.inodeNumbers]).toEqual([2, 1]);
+  });
+
+  test('inode numbers count up in order of first sight, listed or looked up, either identity kind', () => {
+    const { root, nodes } = table();
+    expect(nodes.inoOf('8:1:1:2')).toBe(2);
+    expect(nodes.inoOf(7)).toBe(3);
+    const n = nodes.lookupOrCreate(7, (nodeid, ino) => node(nodeid, ino, 7, root, 'x'));
+    expect(n.ino).toBe(3);
+    expect(nodes.inoOf(7)).toBe(3);
+    expect(nodes.inoOf('8:1:1:2')).toBe(2);
+    expect(nodes.inodeNumbers).toBe(2);
+  });
+
+  test('clear frees every node but the root and keeps the inode numbers', () => {
+    const { root, nodes } = table();
+    for (const id of [10, 11]) nodes.lookupOrCreate(id, (nodeid, ino) => node(nodeid, ino, id, root, String(id)));
+    nodes.clear();
+    expect(nodes.size).toBe(1);
+    expect(nodes.get(ROOT_NODEID)).toBe(root);
+    expect([nodes.inoOf(10), nodes.inoOf(11)]).toEqual([2, 3]);
+  });
+
+  test('a node made with other ids than it was given is refused', () => {
+    const { root, nodes } = table();
+    expect(() => nodes.lookupOrCreate(5, (nodeid, ino) => node(nodeid, ino + 1, 5, root, 'bad'))).toThrow('wrong ids');
+  });
+});
+
+describe('relPathOf', () => {
+  test('joins the names from the store path down; the root is empty', () => {
+    const { root } = table();
+    const top = node(2, 2, 1, root, 'abc-pkg');
+    const odd = node(3, 3, 2, top, 'new\nline\xff');
+    expect(relPathOf(root)).toBe('');
+    expect(relPathOf(top)).toBe('abc-pkg');
+    expect(relPathOf(node(4, 4, 3, odd, 'x'))).toBe('abc-pkg/new\nline\xff/x');
+  });
+});
