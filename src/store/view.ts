@@ -14,8 +14,9 @@
  * directory cannot be hard-linked, so its count (2 + subdirectories on ext4, 1 on
  * btrfs) only describes its own store path.
  *
- * Resources: nodes hold paths, not fds. Held fds are the store directory, a small
- * LRU of directory O_PATH fds, and one fd per open file handle (capped).
+ * Resources: nodes hold where they were found (directory and name), not fds. Held
+ * fds are the store directory, a small LRU of directory O_PATH fds, and one fd per
+ * open file handle (capped).
  */
 import { readvSync } from 'node:fs';
 import type { Attr, KStatfs } from '../fuse/abi';
