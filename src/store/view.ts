@@ -268,9 +268,14 @@ export class ClosureView extends FileSystem {
     return undefined;
   }
 
-  /** The node `name` in `dir` is on the host, counting one lookup. */
+  /**
+   * The node `name` in `dir` is on the host, counting one lookup. A failed statx is the
+   * guest's answer (mostly ENOENT: a search along a path), so it comes back as an errno
+   * and is thrown as an FsError, with no stack trace made on the way.
+   */
   #statNode(dir: Node, name: Buffer, latin1: string): Node {
-    const st = native.statx(this.#dirFdOf(dir), name, c.AT_SYMLINK_NOFOLLOW);
+    const st = native.statxOrErrno(this.#dirFdOf(dir), name, c.AT_SYMLINK_NOFOLLOW);
+    if (typeof st === 'number') throw new FsError(st);
     // A known node keeps the parent and name it was first found under (a hard-link twin).
     return this.#nodeFor(st, dir, latin1);
   }
