@@ -58,6 +58,21 @@ function load(): Addon {
 
 const addon = load();
 
+/*
+ * V8 compiles typed-array reads on the assumption that no ArrayBuffer has ever
+ * been detached, and when the first one is, it throws away every optimised
+ * function that reads one (a protector cell). munmap() detaches, and a session
+ * first unmaps when the VMM changes its memory map during the guest's boot: so
+ * the whole request path was compiled twice, mid-boot (about 65 functions in a
+ * quick guest benchmark boot). Detaching a throwaway buffer now, before any of
+ * it is compiled, makes V8 compile it once, with the detach checks it will
+ * need anyway.
+ */
+{
+  const throwaway = new ArrayBuffer(8);
+  structuredClone(throwaway, { transfer: [throwaway] });
+}
+
 /** Flags and values from the C headers (O_*, AT_*, RESOLVE_*, SEEK_*, DT_*, S_IF*). */
 export const constants = addon.constants as Readonly<{
   O_RDONLY: number; O_WRONLY: number; O_RDWR: number; O_ACCMODE: number; O_PATH: number; O_NOFOLLOW: number;
