@@ -1,0 +1,2 @@
+export { warmUp } from './warmup';
+export type { WarmUpOptions, WarmUpReport } from './warmup';
