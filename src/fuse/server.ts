@@ -163,7 +163,11 @@ export class FuseServer implements RequestHandler {
   readonly #timeout: number;
   readonly #opts: FuseServerOptions;
   readonly #log: FuseLogger;
-  readonly #handlers: Record<number, Handler>;
+  /**
+   * Indexed by opcode: a dense array, so V8 compiles the lookup once for any opcode
+   * (an object keyed by opcode deoptimised #dispatch on each opcode it had not seen).
+   */
+  readonly #handlers: readonly (Handler | undefined)[];
   #initialized = false;
   /** Negotiated minor version (0 before INIT). */
   #minor = 0;
@@ -207,7 +211,7 @@ export class FuseServer implements RequestHandler {
   }
 
   #dispatch(queueIndex: number, header: InHeader, reader: ChainReader, request: ScatterGather): number {
-    const handler = this.#handlers[header.opcode];
+    const handler = header.opcode < this.#handlers.length ? this.#handlers[header.opcode] : undefined;
     if (handler === undefined) return this.#replyError(request, header.unique, Errno.ENOSYS);
     if (!this.#initialized && header.opcode !== Opcode.INIT) {
       return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header.unique, Errno.EIO);
@@ -252,6 +256,12 @@ export class FuseServer implements RequestHandler {
   }
 
   #writeHeader(request: ScatterGather, h: OutHeader): number {
+    // The guest gives the header a buffer of its own: encode in place, no cursor needed.
+    const first = request.writable[0];
+    if (first !== undefined && first.length >= OutHeader.SIZE) {
+      OutHeader.encode(h, first, 0);
+      return h.len;
+    }
     const w = new ChainWriter(request.writable);
     if (w.available < OutHeader.SIZE) {
       this.#log.warn({ writable: w.available }, 'no room for fuse_out_header; request dropped without reply');
@@ -263,8 +273,8 @@ export class FuseServer implements RequestHandler {
 
   // ---- the table -------------------------------------------------------------------
 
-  #table(): Record<number, Handler> {
-    const t: Record<number, Handler> = {
+  #table(): (Handler | undefined)[] {
+    const named: Record<number, Handler> = {
       [Opcode.INIT]: (r) => this.#init(r),
       [Opcode.DESTROY]: () => this.#destroy(),
       [Opcode.LOOKUP]: (r) => this.#lookup(r),
@@ -290,8 +300,9 @@ export class FuseServer implements RequestHandler {
       [Opcode.SETUPMAPPING]: (r) => this.#setupMapping(r),
       [Opcode.REMOVEMAPPING]: (r) => this.#removeMapping(r),
     };
-    for (const op of MUTATING_OPS) t[Opcode[op]] = (r) => this.#fs.mutate(r.ctx, op, r.header.nodeid);
-    return t;
+    for (const op of MUTATING_OPS) named[Opcode[op]] = (r) => this.#fs.mutate(r.ctx, op, r.header.nodeid);
+    const size = Math.max(...Object.keys(named).map(Number)) + 1;
+    return Array.from({ length: size }, (_, opcode) => named[opcode]);
   }
 
   // ---- session ---------------------------------------------------------------------
