@@ -48,8 +48,6 @@ export interface DaemonOptions {
   persist: boolean;
   maxOpenFiles: number;
   daxWindow?: number;
-  /** Serve a few thousand requests to itself after listening, so the guest's first ones run compiled code. */
-  warmUp: boolean;
   /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
   ignored: string[];
 }
@@ -113,7 +111,6 @@ function buildCommand(): Command {
     .option('--persist', 'keep listening for the next frontend after one disconnects', false)
     .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
-    .option('--no-warm-up', 'skip the start-up warm-up (a private request mix that compiles the request path before the guest connects)')
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
@@ -245,7 +242,6 @@ function validate(o: Record<string, unknown>): DaemonOptions {
     cache,
     logLevel: o.logLevel as LogLevel,
     persist: o.persist as boolean,
-    warmUp: o.warmUp as boolean,
     maxOpenFiles: o.maxOpenFiles as number,
     daxWindow: o.daxWindow as number | undefined,
     ignored,

@@ -14,7 +14,6 @@ import { FuseServer } from './fuse';
 import { Logger, createLogger } from './log';
 import { ClosureInputError, ClosureView, loadClosure } from './store';
 import { VhostUserSession } from './vhost-user';
-import { warmUp } from './warmup';
 
 /** What `--print-capabilities` prints (vhost-user "Backend program conventions"). */
 export const CAPABILITIES = { type: 'fs' };
@@ -123,23 +122,9 @@ async function serve(opts: DaemonOptions): Promise<number> {
     { paths: paths.length, storeDir: opts.storeDir, socket: opts.socketPath ?? `fd ${opts.fd}`, queues: opts.numRequestQueues, cache: opts.cache },
     'closurefs ready',
   );
-  if (opts.warmUp) setImmediate(() => runWarmUp(opts, paths, logger));
   logClosureSize(opts, paths, logger);
   await exited;
   return EXIT.OK;
-}
-
-/**
- * Compiles the request path before the guest's first request (see src/warmup).
- * A failure costs only speed: it is logged and the daemon serves as usual.
- */
-function runWarmUp(opts: DaemonOptions, paths: readonly string[], logger: Logger): void {
-  try {
-    const r = warmUp({ storeDir: opts.storeDir, paths, cache: opts.cache });
-    logger.debug({ requests: r.requests, rounds: r.rounds, ms: Math.round(r.ms), foundFile: r.foundFile }, 'warm-up done');
-  } catch (e) {
-    logger.warn({ err: (e as Error).message }, 'warm-up failed; serving without it');
-  }
 }
 
 /**

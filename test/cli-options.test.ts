@@ -28,15 +28,10 @@ test('defaults', () => {
     cache: 'always',
     numRequestQueues: 1,
     persist: false,
-    warmUp: true,
     logLevel: 'info',
     ignored: [],
   });
   expect(o.daxWindow).toBeUndefined();
-});
-
-test('--no-warm-up turns the start-up warm-up off', () => {
-  expect(run([...BASE, '--no-warm-up']).warmUp).toBe(false);
 });
 
 test('the exact flags microvm.nix passes to virtiofsd are accepted; the meaningless ones are reported', () => {

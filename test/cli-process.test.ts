@@ -100,16 +100,3 @@ test.each(['SIGTERM', 'SIGINT'] as const)('%s: clean shutdown, exit 0, socket re
   expect(compat[0].flags).toEqual(['--thread-pool-size', '--xattr']);
   expect(logs.find((l) => l.msg === 'shutting down')).toMatchObject({ reason: signal });
 });
-
-test('the warm-up runs after the socket is ready, before the startup summary, and --no-warm-up skips it', async () => {
-  const sock = path.join(dir, 'warm.sock');
-  const warm = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--log-level', 'debug']);
-  const msgs = warm.logs.map((l) => l.msg);
-  expect(msgs.indexOf('warm-up done')).toBeGreaterThan(msgs.indexOf('closurefs ready'));
-  const done = warm.logs.find((l) => l.msg === 'warm-up done');
-  expect(done).toMatchObject({ foundFile: true });
-  expect(done?.rounds).toBeGreaterThan(0);
-  expect(warm.logs.filter((l) => (l.level as number) >= 40)).toEqual([]);
-  const cold = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--log-level', 'debug', '--no-warm-up']);
-  expect(cold.logs.map((l) => l.msg)).not.toContain('warm-up done');
-});

@@ -1,2 +1,0 @@
-export { warmUp } from './warmup';
-export type { WarmUpOptions, WarmUpReport } from './warmup';
