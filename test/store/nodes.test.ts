@@ -1,4 +1,4 @@
-/** The node table: nodeids never reused, inode numbers for the daemon's life, one entry per host file. */
+/** The node table: nodeid = inode number, given once per host file for the daemon's life, one entry per host file. */
 import { NodeTable, ROOT_NODEID, relPathOf, type Identity, type Node } from '../../src/store/nodes';
 
 function node(nodeid: number, ino: number, identity: Identity, parent: Node | undefined, name: string): Node {
@@ -11,7 +11,7 @@ function table() {
 }
 
 describe('NodeTable', () => {
-  test('a freed node\'s host file keeps its inode number; its next node gets a new nodeid', () => {
+  test('a freed node\'s host file keeps its inode number, and its next node gets the same nodeid', () => {
     const { root, nodes } = table();
     const first = nodes.lookupOrCreate(42, (nodeid, ino) => node(nodeid, ino, 42, root, 'f'));
     expect([first.nodeid, first.ino]).toEqual([2, 2]);
@@ -21,8 +21,41 @@ describe('NodeTable', () => {
     expect(nodes.byIdentity(42)).toBeUndefined();
     expect(nodes.inoOf(42)).toBe(2);
     const again = nodes.lookupOrCreate(42, (nodeid, ino) => node(nodeid, ino, 42, root, 'f'));
-    expect([again.nodeid, again.ino]).toEqual([3, 2]);
+    expect(again).not.toBe(first);
+    expect([again.nodeid, again.ino]).toEqual([2, 2]);
     expect([nodes.size, nodes.inodeNumbers]).toEqual([2, 1]);
+  });
+
+  test('a nodeid never names another host file, however lookups and forgets interleave', () => {
+    const { root, nodes } = table();
+    const fileOf = new Map<number, Identity>();
+    for (let round = 0; round < 50; round++) {
+      for (const id of [round % 7, 100 + (round % 3), 200 + round]) {
+        const n = nodes.lookupOrCreate(id, (nodeid, ino) => node(nodeid, ino, id, root, String(id)));
+        expect(fileOf.get(n.nodeid) ?? id).toBe(id);
+        fileOf.set(n.nodeid, id);
+        if (round % 2 === 0) nodes.forget(n.nodeid, n.nlookup);
+      }
+    }
+    expect(nodes.inodeNumbers).toBe(fileOf.size);
+  });
+
+  test('a FORGET that crosses a new LOOKUP of the same file keeps the counts right', () => {
+    const { root, nodes } = table();
+    const make = (nodeid: number, ino: number) => node(nodeid, ino, 9, root, 'x');
+    const a = nodes.lookupOrCreate(9, make);
+    nodes.lookupOrCreate(9, make); // the guest holds 2
+    nodes.lookupOrCreate(9, make); // its new LOOKUP is served before the FORGET of the old inode
+    nodes.forget(a.nodeid, 2);
+    expect(nodes.get(a.nodeid)?.nlookup).toBe(1);
+    nodes.forget(a.nodeid, 1);
+    expect(nodes.get(a.nodeid)).toBeUndefined();
+  });
+
+  test('nodeids the table never gave are unknown, however large', () => {
+    const { nodes } = table();
+    for (const id of [0, 2, 3, 2 ** 40, Number.MAX_SAFE_INTEGER, Infinity]) expect(nodes.get(id)).toBeUndefined();
+    expect(() => nodes.forget(2 ** 40, 1)).not.toThrow();
   });
 
   test('inode numbers count up in order of first sight, listed or looked up, either identity kind', () => {

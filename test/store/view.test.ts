@@ -214,13 +214,13 @@ describe('ClosureView leaks', () => {
     view.close();
   });
 
-  test('st_ino is stable for the same host file across forget and re-lookup', async () => {
+  test('st_ino and nodeid are stable for the same host file across forget and re-lookup', async () => {
     const { client, view } = setup();
     await client.init();
     const a = await client.walk(`${store.names.app}/share/doc.txt`);
     await client.forget(a.nodeid, 1);
     const b = await client.walk(`${store.names.app}/share/doc.txt`);
-    expect(b.nodeid).not.toBe(a.nodeid); // nodeids are never reused
+    expect(b.nodeid).toBe(a.nodeid); // a nodeid is the file's inode number: it names the same file again
     expect(b.attr.ino).toBe(a.attr.ino);
     view.close();
   });
@@ -377,8 +377,12 @@ describe('ClosureView directories', () => {
     await client.forget(first.nodeid, 2);
     expect(view.counts.nodes).toBe(nodes - 1);
     const fresh = await client.lookup(bin.nodeid, 'hello');
-    expect(fresh.nodeid).not.toBe(first.nodeid);
-    expect(fresh.attr.ino).toBe(first.attr.ino); // same host file, same view inode number
+    expect(view.counts.nodes).toBe(nodes); // a new node, counted once: not the freed one brought back
+    expect(fresh.nodeid).toBe(first.nodeid); // same host file, same nodeid and view inode number
+    expect(fresh.attr.ino).toBe(first.attr.ino);
+    await client.forget(fresh.nodeid, 1);
+    expect(view.counts.nodes).toBe(nodes - 1);
+    await client.lookup(bin.nodeid, 'hello');
     // A cache of one entry: another name evicts it, and both still resolve right.
     const doc = await client.lookup(bin.nodeid, 'doc-rel');
     expect(doc.nodeid).not.toBe(fresh.nodeid);
@@ -639,8 +643,10 @@ describe('ClosureView on byte names and deep trees', () => {
     expect((await client.lookup(a.nodeid, '..')).nodeid).toBe(top.nodeid);
     await client.forget(b.nodeid, 2);
     await client.forget(a.nodeid, 2);
+    const live = view.counts.nodes;
     const b2 = await client.lookup(c.nodeid, '..');
-    expect(b2.nodeid).not.toBe(b.nodeid); // a fresh node for the same directory
+    expect(view.counts.nodes).toBe(live + 1); // a fresh node for the same directory...
+    expect(b2.nodeid).toBe(b.nodeid); // ...under the same nodeid: it is the same file
     expect(b2.attr).toEqual(b.attr);
     const a2 = await client.lookup(b2.nodeid, '..');
     expect(a2.attr).toEqual(a.attr);
