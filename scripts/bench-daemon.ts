@@ -7,7 +7,9 @@
  *   node dist/scripts/bench-daemon.js [--quick] [--runs N] [--json FILE]
  *
  * Prints a markdown table of medians (ops/s) and the ratio closurefs / virtiofsd
- * (higher is better), and writes the numbers as JSON.
+ * (higher is better), with each daemon's own CPU time per operation (all its threads
+ * and forked processes, from /proc schedstat; the harness excluded), and writes the
+ * numbers as JSON.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
@@ -113,9 +115,46 @@ async function run(fe: Frontend, count: number, batch: number, make: (i: number)
  * requests; its first few thousand run before V8 has compiled the hot path, and
  * measuring those would compare a cold JIT with compiled C.
  */
-async function measure(fe: Frontend, count: number, batch: number, make: (i: number) => ChainSpec, minLen: number): Promise<number> {
+async function measure(fe: Frontend, count: number, batch: number, make: (i: number) => ChainSpec, minLen: number, daemon: number): Promise<Measured> {
   await run(fe, Math.ceil(count / 2), batch, make, minLen);
-  return run(fe, count, batch, make, minLen);
+  return cpuPerOp(daemon, count, () => run(fe, count, batch, make, minLen));
+}
+
+interface Measured {
+  opsPerS: number;
+  /** CPU time the daemon (every thread, every process it forked) spent per request, in µs. */
+  cpuUs: number;
+}
+
+/** Runs f and charges the daemon's CPU time meanwhile to `ops` operations. */
+async function cpuPerOp(daemon: number, ops: number, f: () => Promise<number>): Promise<Measured> {
+  const before = treeCpuNs(daemon);
+  const opsPerS = await f();
+  return { opsPerS, cpuUs: (treeCpuNs(daemon) - before) / 1000 / ops };
+}
+
+/**
+ * Nanoseconds on CPU of a process, its threads and its descendants (virtiofsd
+ * serves from a forked child), from /proc/PID/task/TID/schedstat: unlike
+ * utime/stime, not rounded to clock ticks.
+ */
+export function treeCpuNs(pid: number): number {
+  let ns = 0;
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0; // exited meanwhile
+  }
+  for (const tid of tasks) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      for (const child of fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').split(' ').filter((c) => c !== '')) ns += treeCpuNs(Number(child));
+    } catch {
+      /* the thread ended between the listing and the read */
+    }
+  }
+  return ns;
 }
 
 export interface OpResult {
@@ -124,10 +163,14 @@ export interface OpResult {
   closurefs: number;
   virtiofsd: number;
   ratio: number;
+  /** Daemon CPU per operation (µs), medians: what each daemon's own work costs, without the harness. */
+  closurefsCpuUs: number;
+  virtiofsdCpuUs: number;
 }
 
 async function runOnce(name: DaemonName, tree: BenchTree, quick: boolean): Promise<Record<string, number>> {
   const d = startDaemon(name, tree);
+  const pid = d.proc.pid as number;
   const fe = await Frontend.connect(d.sock, { regions: [{ gpa: 0, size: 64 * MiB }], connectTimeoutMs: 10_000, timeoutMs: 30_000 });
   try {
     await fe.handshake();
@@ -147,18 +190,25 @@ async function runOnce(name: DaemonName, tree: BenchTree, quick: boolean): Promi
     const read1m = (i: number) => chain(Opcode.READ, big.nodeid, [readIn(fh, (i % 64) * MiB, MiB)], MiB);
     const r: Record<string, number> = {};
     for (const [batch, suffix] of [[1, '_b1'], [BATCH, `_b${BATCH}`]] as const) {
-      r[`lookup${suffix}`] = await measure(fe, n, batch, lookup, OutHeader.SIZE + 128);
-      r[`getattr${suffix}`] = await measure(fe, n, batch, getattr, OutHeader.SIZE + 104);
-      r[`read4k${suffix}`] = await measure(fe, n, batch, read4k, OutHeader.SIZE + 4096);
+      record(r, `lookup${suffix}`, await measure(fe, n, batch, lookup, OutHeader.SIZE + 128, pid));
+      record(r, `getattr${suffix}`, await measure(fe, n, batch, getattr, OutHeader.SIZE + 104, pid));
+      record(r, `read4k${suffix}`, await measure(fe, n, batch, read4k, OutHeader.SIZE + 4096, pid));
     }
-    r.read1m_b4 = await measure(fe, quick ? 256 : 1024, 4, read1m, OutHeader.SIZE + MiB);
+    record(r, 'read1m_b4', await measure(fe, quick ? 256 : 1024, 4, read1m, OutHeader.SIZE + MiB, pid));
     await listings(fe, client, dir.nodeid, 5); // warm-up
-    r.readdirplus1000 = await listings(fe, client, dir.nodeid, quick ? 10 : 40);
+    const lists = quick ? 10 : 40;
+    record(r, 'readdirplus1000', await cpuPerOp(pid, lists, () => listings(fe, client, dir.nodeid, lists)));
     return r;
   } finally {
     fe.close();
     await stopDaemon(d);
   }
+}
+
+/** Stores a measure as r[key] (ops/s) and r[key + '_cpu'] (daemon CPU µs per op). */
+function record(r: Record<string, number>, key: string, m: Measured): void {
+  r[key] = m.opsPerS;
+  r[`${key}_cpu`] = m.cpuUs;
 }
 
 function readIn(fh: number, offset: number, size: number): Buffer {
@@ -250,16 +300,18 @@ export async function benchDaemon(opts: { quick: boolean; runs?: number; log?: (
   return ops.map(([op, unit]) => {
     const c = median(samples.closurefs.map((s) => s[op]));
     const v = median(samples.virtiofsd.map((s) => s[op]));
-    return { op, unit, closurefs: c, virtiofsd: v, ratio: c / v };
+    const cpu = (name: DaemonName) => median(samples[name].map((s) => s[`${op}_cpu`]));
+    return { op, unit, closurefs: c, virtiofsd: v, ratio: c / v, closurefsCpuUs: cpu('closurefs'), virtiofsdCpuUs: cpu('virtiofsd') };
   });
 }
 
 export function markdown(rows: OpResult[]): string {
   const fmt = (n: number) => (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1));
+  const us = (n: number) => (n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(1));
   return [
-    '| daemon-level (no guest) | closurefs | virtiofsd | closurefs / virtiofsd |',
-    '| --- | ---: | ---: | ---: |',
-    ...rows.map((r) => `| ${r.unit} | ${fmt(r.closurefs)} | ${fmt(r.virtiofsd)} | ${r.ratio.toFixed(2)}x |`),
+    '| daemon-level (no guest) | closurefs | virtiofsd | closurefs / virtiofsd | daemon CPU µs/op: closurefs | virtiofsd |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.unit} | ${fmt(r.closurefs)} | ${fmt(r.virtiofsd)} | ${r.ratio.toFixed(2)}x | ${us(r.closurefsCpuUs)} | ${us(r.virtiofsdCpuUs)} |`),
   ].join('\n');
 }
 
