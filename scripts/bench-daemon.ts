@@ -63,7 +63,7 @@ function startDaemon(name: DaemonName, tree: BenchTree): Running {
   const sock = path.join(dir, 'vhost.sock');
   const proc =
     name === 'closurefs'
-      ? spawn(process.execPath, [...nodeArgs(), path.join(ROOT, 'bin/closurefs'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] })
+      ? spawn(process.execPath, [...nodeArgs(), path.join(ROOT, 'bin/closurefs'), '--socket-path', sock, '--closure', tree.closureFile, '--store-dir', tree.storeDir, '--log-level', 'warn', ...extraArgs()], { stdio: ['ignore', 'ignore', 'inherit'] })
       : spawn(VIRTIOFSD, [`--socket-path=${sock}`, '-o', `source=${tree.storeDir}`, '-o', 'cache=always', '-o', 'log_level=err'], { stdio: ['ignore', 'ignore', 'inherit'] });
   return { proc, sock, dir };
 }
@@ -83,6 +83,11 @@ function nodeArgs(): string[] {
   const shebang = fs.readFileSync(path.join(ROOT, 'bin/closurefs'), 'utf8').split('\n')[0];
   const own = shebang.split(' ').filter((a) => a.startsWith('--'));
   return [...own, ...(process.env.CFS_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')];
+}
+
+/** Extra closurefs flags for A/B runs, as for the guest benchmark: CFS_DAEMON_ARGS='--no-session-thread'. */
+function extraArgs(): string[] {
+  return (process.env.CFS_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 }
 
 let unique = 1n;
