@@ -63,7 +63,10 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
     },
     { logger },
   );
-  session.once('close', () => view.close());
+  session.once('close', () => {
+    view.close();
+    logger.info({ requests: server.requestCounts() }, 'FUSE requests served');
+  });
   return session;
 }
 

@@ -168,6 +168,8 @@ export class FuseServer implements RequestHandler {
    * (an object keyed by opcode deoptimised #dispatch on each opcode it had not seen).
    */
   readonly #handlers: readonly (Handler | undefined)[];
+  /** Requests served, by opcode (same indexing as #handlers). */
+  readonly #served: number[];
   #initialized = false;
   /** Negotiated minor version (0 before INIT). */
   #minor = 0;
@@ -179,6 +181,7 @@ export class FuseServer implements RequestHandler {
     this.#timeout = TIMEOUTS[this.#cache];
     this.#log = opts.logger ?? NULL_LOGGER;
     this.#handlers = this.#table();
+    this.#served = new Array<number>(this.#handlers.length).fill(0);
   }
 
   get initialized(): boolean {
@@ -187,6 +190,18 @@ export class FuseServer implements RequestHandler {
 
   get negotiatedMinor(): number {
     return this.#minor;
+  }
+
+  /**
+   * How many requests of each kind were served (by opcode name, non-zero only):
+   * logged when a frontend leaves, so an operator sees what a guest asked for.
+   */
+  requestCounts(): Record<string, number> {
+    const counts: Record<string, number> = {};
+    this.#served.forEach((n, opcode) => {
+      if (n > 0) counts[OPCODE_NAMES.get(opcode) ?? String(opcode)] = n;
+    });
+    return counts;
   }
 
   handle(queueIndex: number, request: ScatterGather): number {
@@ -213,6 +228,7 @@ export class FuseServer implements RequestHandler {
   #dispatch(queueIndex: number, header: InHeader, reader: ChainReader, request: ScatterGather): number {
     const handler = header.opcode < this.#handlers.length ? this.#handlers[header.opcode] : undefined;
     if (handler === undefined) return this.#replyError(request, header.unique, Errno.ENOSYS);
+    this.#served[header.opcode]++;
     if (!this.#initialized && header.opcode !== Opcode.INIT) {
       return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header.unique, Errno.EIO);
     }
@@ -458,10 +474,16 @@ export class FuseServer implements RequestHandler {
 
   // ---- files -------------------------------------------------------------------------
 
+  /**
+   * FOPEN_NOFLUSH on every file: a read-only file has no dirty data and we take
+   * no POSIX locks, so the FLUSH a guest sends on each close() would be a round
+   * trip that does nothing. The guest (5.16+) then skips it; older guests still
+   * send FLUSH and get the no-op answer.
+   */
   #openFlags(dir: boolean): number {
-    if (this.#cache === 'always') return dir ? FopenFlag.KEEP_CACHE | FopenFlag.CACHE_DIR : FopenFlag.KEEP_CACHE;
-    if (this.#cache === 'never' && !dir) return FopenFlag.DIRECT_IO;
-    return 0;
+    if (dir) return this.#cache === 'always' ? FopenFlag.KEEP_CACHE | FopenFlag.CACHE_DIR : 0;
+    const cache = this.#cache === 'always' ? FopenFlag.KEEP_CACHE : this.#cache === 'never' ? FopenFlag.DIRECT_IO : 0;
+    return cache | FopenFlag.NOFLUSH;
   }
 
   #open(r: Request): Outcome {

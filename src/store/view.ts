@@ -586,14 +586,11 @@ export class ClosureView extends FileSystem {
 
   // ---- nothing else -----------------------------------------------------------------------
 
-  /* The store has no extended attributes (NAR cannot carry them). */
-  override getxattr(): Buffer {
-    throw new FsError(Errno.ENODATA);
-  }
-
-  override listxattr(): Buffer[] {
-    return [];
-  }
+  // getxattr/listxattr stay ENOSYS (the base class): a store has no extended
+  // attributes (a NAR cannot carry them), and ENOSYS makes the guest stop asking
+  // (fuse no_getxattr/no_listxattr) and answer EOPNOTSUPP itself, as virtiofsd
+  // without -o xattr does. ENODATA would cost one round trip per exec(), which
+  // looks up security.capability every time.
 
   override syncfs(): void {}
 

@@ -182,6 +182,21 @@ describe.each(BOOTS.map((s, i) => [s.name, s, i] as const))(`guest over ${KIND}:
     });
   });
 
+  test('the guest sends no FLUSH and asks for xattrs at most once: round trips a read-only store does not need', async () => {
+    const b = await get();
+    withContext(b, () => {
+      // closurefs logs what each frontend asked for when it leaves.
+      const line = b.daemon.logs.find((l) => l.msg === 'FUSE requests served');
+      const requests = (line?.requests ?? {}) as Record<string, number>;
+      // The script execs busybox 20+ times and reads every file: enough closes and execs to count.
+      expect(b.out.checks.get('exec:20-starts')?.status).toBe(0);
+      expect(requests.OPEN ?? 0).toBeGreaterThan(20);
+      // FOPEN_NOFLUSH: no FLUSH on close(). ENOSYS for xattrs: the guest stops asking after the first.
+      expect({ FLUSH: requests.FLUSH ?? 0, xattrAtMostOnce: (requests.GETXATTR ?? 0) <= 1 && (requests.LISTXATTR ?? 0) <= 1 })
+        .toEqual({ FLUSH: 0, xattrAtMostOnce: true });
+    });
+  });
+
   test('ls -a /nix/store lists exactly the closure', async () => {
     const b = await get();
     const listed = section(b, 'ls').split('\n').filter((l) => l !== '');

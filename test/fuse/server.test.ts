@@ -152,6 +152,15 @@ describe('INIT', () => {
 });
 
 describe('dispatch', () => {
+  test('requests served are counted by opcode name; unknown opcodes are not', async () => {
+    const { server, client } = await setup();
+    await client.lookup(1, 'a');
+    await client.lookup(1, 'a');
+    await client.getattr(2);
+    await client.request(9999, 1, [], 16);
+    expect(server.requestCounts()).toEqual({ INIT: 1, LOOKUP: 2, GETATTR: 1 });
+  });
+
   test('unknown and unsupported opcodes get ENOSYS', async () => {
     const { client } = await setup();
     for (const op of [0, 7, 19, Opcode.GETLK, Opcode.SETLK, Opcode.IOCTL, Opcode.POLL, Opcode.BMAP, Opcode.STATX, 4096, 0xffffffff]) {
@@ -256,10 +265,10 @@ describe('replies', () => {
     expect(await errnoOf(n.client.lookup(1, 'missing'))).toBe(Errno.ENOENT);
   });
 
-  test('OPEN flags follow the cache policy', async () => {
-    expect((await (await setup({ cache: 'always' })).client.open(2)).openFlags).toBe(FopenFlag.KEEP_CACHE);
-    expect((await (await setup({ cache: 'auto' })).client.open(2)).openFlags).toBe(0);
-    expect((await (await setup({ cache: 'never' })).client.open(2)).openFlags).toBe(FopenFlag.DIRECT_IO);
+  test('OPEN flags follow the cache policy; files never ask for a FLUSH', async () => {
+    expect((await (await setup({ cache: 'always' })).client.open(2)).openFlags).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
+    expect((await (await setup({ cache: 'auto' })).client.open(2)).openFlags).toBe(FopenFlag.NOFLUSH);
+    expect((await (await setup({ cache: 'never' })).client.open(2)).openFlags).toBe(FopenFlag.DIRECT_IO | FopenFlag.NOFLUSH);
   });
 
   test('cache=never does not offer CACHE_SYMLINKS', async () => {
