@@ -129,6 +129,17 @@ export class GuestMemory {
     return r !== undefined && len >= 0 && addr + len <= r.guestPhysAddr + r.size;
   }
 
+  /**
+   * The region holding all of [gpa, gpa+len), or undefined when none does (the
+   * range is unmapped or crosses a region's end). Never throws: for callers that
+   * fall back to slices() for its error or its split.
+   */
+  regionOf(gpa: number, len: number): GuestMemoryRegion | undefined {
+    const r = this.#find('guestPhysAddr', gpa);
+    // Compared by subtraction: every term is below 2^53, so it is exact where a sum might round.
+    return r !== undefined && len <= r.guestPhysAddr + r.size - gpa ? r : undefined;
+  }
+
   /** A view of [gpa, gpa+len) that must lie inside one region. */
   slice(gpa: number, len: number): Buffer {
     return this.#slice('guestPhysAddr', gpa, len);

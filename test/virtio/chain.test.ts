@@ -65,6 +65,45 @@ describe('walkChain', () => {
     expect(c.writableBytes).toBe(4);
   });
 
+  it('descriptors that continue one another come back as one view; a gap or a change of side ends it', () => {
+    const w = f.ram.alloc(96, 16);
+    f.table([
+      [0, { addr: w, len: 8, flags: NEXT, next: 1 }],
+      [1, { addr: w + 8, len: 8, flags: NEXT, next: 2 }], // continues the readable run
+      [2, { addr: w + 16, len: 16, flags: WRITE | NEXT, next: 3 }], // adjacent, but device-writable: a new view
+      [3, { addr: w + 32, len: 0, flags: WRITE | NEXT, next: 4 }], // empty: no view, and no break
+      [4, { addr: w + 32, len: 16, flags: WRITE | NEXT, next: 5 }],
+      [5, { addr: w + 64, len: 32, flags: WRITE, next: 0 }], // a gap: a new view
+    ]);
+    const c = walk(0);
+    expect(c.readable.map((b) => b.length)).toEqual([16]);
+    expect(c.writable.map((b) => b.length)).toEqual([32, 32]);
+    expect([c.readableBytes, c.writableBytes]).toEqual([16, 64]);
+    c.writable[0].fill(0xaa);
+    c.writable[1].fill(0xbb);
+    expect(f.ram.view(w + 16, 80).toString('hex')).toBe('aa'.repeat(32) + '00'.repeat(16) + 'bb'.repeat(32));
+  });
+
+  it('runs never merge across regions, even when their GPAs are contiguous; a buffer crossing them is split', () => {
+    const two = new RingFixture(4, [
+      { gpa: 0, size: 1 << 20 },
+      { gpa: 1 << 20, size: 1 << 20 },
+    ]);
+    try {
+      const end = 1 << 20;
+      two.table([
+        [0, { addr: end - 8, len: 8, flags: WRITE | NEXT, next: 1 }],
+        [1, { addr: end, len: 8, flags: WRITE | NEXT, next: 2 }],
+        [2, { addr: end - 4, len: 8, flags: WRITE, next: 0 }],
+      ]);
+      const c = walkChain(two.memory, two.memory.slice(two.driver.desc, 64), 4, 0);
+      expect(c.writable.map((b) => b.length)).toEqual([8, 8, 4, 4]);
+      expect(c.writable[1].buffer).not.toBe(c.writable[0].buffer);
+    } finally {
+      two.close();
+    }
+  });
+
   it('accepts zero-length descriptors', () => {
     f.table([[0, { addr: 0, len: 0, flags: WRITE, next: 0 }]]);
     expect(walk(0).writable).toHaveLength(0);
