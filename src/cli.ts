@@ -49,8 +49,8 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
         });
   // Zero-message opendir: the store's listings never change, so OPENDIR/RELEASEDIR are two round
   // trips per directory for nothing (a third of the requests of a guest's find + stat; measured
-  // 0.23 -> 0.14 s on 520 entries). Files keep OPEN: the 6.1 guest drops the page cache of a
-  // file opened without one (no FOPEN_KEEP_CACHE), which would cost far more than it saves.
+  // 0.23 -> 0.14 s on 520 entries). Files keep OPEN: a guest told ENOSYS once stops sending
+  // OPEN for every file, opens for writing included, and those must get EROFS.
   const server = new FuseServer(view, { cache: opts.cache, logger, dax, zeroMessageOpendir: true });
   session = new VhostUserSession(
     fd,
@@ -61,11 +61,11 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
       shmemSizes: opts.daxWindow === undefined ? undefined : [opts.daxWindow],
       reset: () => dax?.reset(),
     },
-    { logger },
+    { logger, pollWindowUs: opts.pollWindowUs },
   );
   session.once('close', () => {
     view.close();
-    logger.info({ requests: server.requestCounts() }, 'FUSE requests served');
+    logger.info({ requests: server.requestCounts(), kicks: session?.kickCounts }, 'FUSE requests served');
   });
   return session;
 }

@@ -43,7 +43,8 @@ interface Table {
   indirect: boolean;
 }
 
-function tableView(b: Buffer): DataView {
+/** A descriptor table as walkChain reads it. Made once per ring: a DataView costs a runtime call to build. */
+export function descriptorTable(b: Buffer): DataView {
   return new DataView(b.buffer, b.byteOffset, b.length);
 }
 
@@ -89,13 +90,14 @@ class Gather {
 }
 
 /**
- * Walks the chain starting at `head` of the descriptor table `descTable`
- * (`queueSize` entries). Throws DescriptorChainError naming the broken rule.
+ * Walks the chain starting at `head` of the descriptor table `descTable` (from
+ * descriptorTable(), `queueSize` entries). Throws DescriptorChainError naming the
+ * broken rule.
  */
-export function walkChain(memory: GuestMemory, descTable: Buffer, queueSize: number, head: number): DescriptorChain {
+export function walkChain(memory: GuestMemory, descTable: DataView, queueSize: number, head: number): DescriptorChain {
   const readable = new Gather();
   const writable = new Gather();
-  let table: Table = { view: tableView(descTable), entries: queueSize, indirect: false };
+  let table: Table = { view: descTable, entries: queueSize, indirect: false };
   // TTL: a chain visits each descriptor of its table at most once (§2.7.5.2: no
   // chain longer than the queue size); more steps means the links form a loop.
   let ttl = queueSize;
@@ -158,7 +160,7 @@ function enterIndirect(memory: GuestMemory, from: Table, addr: number, len: numb
   } catch (e) {
     throw addressError(e, head);
   }
-  return { view: tableView(view), entries: len / DESCRIPTOR_SIZE, indirect: true };
+  return { view: descriptorTable(view), entries: len / DESCRIPTOR_SIZE, indirect: true };
 }
 
 function mapBuffer(memory: GuestMemory, addr: number, len: number, out: Buffer[], head: number): void {

@@ -16,7 +16,7 @@ import type { RequestHandler } from '../io';
 import { ClosurefsError } from '../errors';
 import { GuestMemory } from './guest-memory';
 import { AvailRingError, VirtqueueConfigError } from './errors';
-import { DESCRIPTOR_SIZE, walkChain, type DescriptorChain } from './chain';
+import { DESCRIPTOR_SIZE, descriptorTable, walkChain, type DescriptorChain } from './chain';
 import { silentLogger, type Logger } from './logger';
 
 export const MAX_QUEUE_SIZE = 32768;
@@ -69,7 +69,7 @@ export class Virtqueue {
   #log: Logger;
   #size = 0;
   #addresses: { addrs: RingAddresses; space: AddressSpace } | null = null;
-  #desc: Buffer | null = null;
+  #desc: DataView | null = null;
   #avail: Buffer | null = null;
   #used: Buffer | null = null;
   /** EVENT_IDX negotiated: use used_event/avail_event instead of the flags (§2.7.7, §2.7.10). */
@@ -104,7 +104,8 @@ export class Virtqueue {
 
   /** Size set and all three rings translated to views of guest memory. */
   get ready(): boolean {
-    return this.#desc !== null && this.#desc.length > 0;
+    // All three views are made together; a detached mapping reads as length 0 (a DataView would throw).
+    return this.#desc !== null && this.#used !== null && this.#used.length > 0;
   }
 
   /** Queue Size must be a power of two no larger than 32768 (§2.7). */
@@ -158,7 +159,7 @@ export class Virtqueue {
     const desc = at(addrs.desc, sizes.desc, 'descriptor');
     this.#avail = at(addrs.avail, sizes.avail, 'available');
     this.#used = at(addrs.used, sizes.used, 'used');
-    this.#desc = desc;
+    this.#desc = descriptorTable(desc);
     if (syncUsed) this.#nextUsed = this.#used.readUInt16LE(2);
   }
 
@@ -232,7 +233,7 @@ export class Virtqueue {
       if (head >= this.#size) {
         throw new AvailRingError(`queue ${this.index}: available ring entry ${this.#nextAvail} names head ${head}, outside a table of ${this.#size}`);
       }
-      const chain = walkChain(this.#memory, this.#desc as Buffer, this.#size, head);
+      const chain = walkChain(this.#memory, this.#desc as DataView, this.#size, head);
       this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
       this.#addUsed(head, this.#serveChain(handler, chain));
       n++;

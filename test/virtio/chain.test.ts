@@ -3,7 +3,7 @@
  * Negative tests are named after the requirement they cover.
  */
 import fc from 'fast-check';
-import { walkChain } from '../../src/virtio/chain';
+import { descriptorTable, walkChain } from '../../src/virtio/chain';
 import { DescriptorChainError, type ChainRule } from '../../src/virtio/errors';
 import { INDIRECT, NEXT, RingFixture, WRITE } from '../harness/ring-fixture';
 
@@ -21,7 +21,7 @@ function expectRule(f: () => unknown, rule: ChainRule): DescriptorChainError {
 
 describe('walkChain', () => {
   let f: RingFixture;
-  const walk = (head: number) => walkChain(f.memory, f.memory.slice(f.driver.desc, 16 * 16), 16, head);
+  const walk = (head: number) => walkChain(f.memory, descriptorTable(f.memory.slice(f.driver.desc, 16 * 16)), 16, head);
   beforeEach(() => (f = new RingFixture(16)));
   afterEach(() => f.close());
 
@@ -96,7 +96,7 @@ describe('walkChain', () => {
         [1, { addr: end, len: 8, flags: WRITE | NEXT, next: 2 }],
         [2, { addr: end - 4, len: 8, flags: WRITE, next: 0 }],
       ]);
-      const c = walkChain(two.memory, two.memory.slice(two.driver.desc, 64), 4, 0);
+      const c = walkChain(two.memory, descriptorTable(two.memory.slice(two.driver.desc, 64)), 4, 0);
       expect(c.writable.map((b) => b.length)).toEqual([8, 8, 4, 4]);
       expect(c.writable[1].buffer).not.toBe(c.writable[0].buffer);
     } finally {
@@ -188,7 +188,7 @@ describe('walkChain', () => {
         [0, { addr: 0x1000_0000, len: 0xc000_0000, flags: NEXT, next: 1 }],
         [1, { addr: 0, len: 0x4000_0000, flags: WRITE, next: 0 }],
       ]);
-      expectRule(() => walkChain(big.memory, big.memory.slice(big.driver.desc, 64), 4, 0), 'length-overflow');
+      expectRule(() => walkChain(big.memory, descriptorTable(big.memory.slice(big.driver.desc, 64)), 4, 0), 'length-overflow');
     } finally {
       big.close();
     }
