@@ -2,16 +2,11 @@
 // without busy polling and without blocking the event loop.
 #include "common.h"
 
-#include <poll.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 namespace cfs {
-
-// A vhost-user session watches its socket and one kick fd per vring (at most 256).
-static constexpr size_t kMaxPollFds = 257;
 
 // eventfd(initval) -> non-blocking, close-on-exec eventfd.
 static Napi::Value EventFd(const Napi::CallbackInfo& info) {
@@ -43,33 +38,6 @@ static Napi::Value EventFdWrite(const Napi::CallbackInfo& info) {
   } while (r < 0 && errno == EINTR);
   if (r < 0) ThrowErrno(info.Env(), errno, "write");
   return info.Env().Undefined();
-}
-
-// pollReadable(fds: Int32Array, ready: Uint8Array, timeoutUs) -> count of ready fds.
-// Blocks the calling thread in ppoll(2) until one of fds is readable (or hangs
-// up, or errs), timeoutUs microseconds pass (negative: no limit) or a signal
-// arrives (then 0). ready[i] gets the revents of fds[i].
-static Napi::Value PollReadable(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsTypedArray() ||
-      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(env, "pollReadable(fds: Int32Array, ready: Uint8Array, timeoutUs)");
-  }
-  auto fds = info[0].As<Napi::Int32Array>();
-  auto ready = info[1].As<Napi::Uint8Array>();
-  int64_t timeout = ArgInt32(info, 2, "timeoutUs");
-  size_t n = fds.ElementLength();
-  if (n > kMaxPollFds || ready.ElementLength() < n) {
-    throw Napi::RangeError::New(env, "at most 256 fds, and room for each in ready");
-  }
-  struct pollfd p[kMaxPollFds];
-  for (size_t i = 0; i < n; i++) p[i] = {fds[i], POLLIN, 0};
-  struct timespec ts = {static_cast<time_t>(timeout / 1000000), static_cast<long>((timeout % 1000000) * 1000)};
-  int r = ppoll(p, n, timeout < 0 ? nullptr : &ts, nullptr);
-  if (r < 0 && errno != EINTR) ThrowErrno(env, errno, "ppoll");
-  for (size_t i = 0; i < n; i++) ready[i] = static_cast<uint8_t>(r > 0 ? p[i].revents : 0);
-  return Napi::Number::New(env, r < 0 ? 0 : r);
 }
 
 // new Watcher(fd, callback): callback(status, events) runs on the JS thread
@@ -166,7 +134,6 @@ void InitEvent(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventFdRead, "eventfdRead"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventFdWrite, "eventfdWrite"));
-  exports.Set("pollReadable", Napi::Function::New(env, PollReadable, "pollReadable"));
   exports.Set("Watcher", Watcher::Define(env));
 }
 

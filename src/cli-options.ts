@@ -48,8 +48,6 @@ export interface DaemonOptions {
   persist: boolean;
   maxOpenFiles: number;
   daxWindow?: number;
-  /** After a request, how long (µs) to wait in poll(2) for the next before returning to the event loop. */
-  pollWindowUs: number;
   /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
   ignored: string[];
 }
@@ -60,8 +58,6 @@ export type ParseResult =
   | { kind: 'exit'; status: number; output: string };
 
 const DEFAULT_STORE = '/nix/store';
-/** A working guest's next request comes within a few hundred µs of a reply (see the README's Performance section). */
-export const DEFAULT_POLL_WINDOW_US = 1000;
 const TAG_MAX = 36; // virtio-fs config space: tag[36]
 
 function collect(value: string, previous: string[]): string[] {
@@ -69,7 +65,13 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 function positiveInt(name: string, max: number): (v: string) => number {
-  return boundedInt(name, 1, max);
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > max) {
+      throw new UsageError(`${name} must be an integer from 1 to ${max}, got '${v}'`);
+    }
+    return n;
+  };
 }
 
 /** Sizes like 8G, 512M, 65536 (bytes). */
@@ -109,7 +111,6 @@ function buildCommand(): Command {
     .option('--persist', 'keep listening for the next frontend after one disconnects', false)
     .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
-    .option('--poll-window-us <n>', 'after a request, wait this long (µs) in poll(2) for the next one before going back to the event loop; 0 turns it off', boundedInt('--poll-window-us', 0, 100_000), DEFAULT_POLL_WINDOW_US)
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
@@ -119,16 +120,6 @@ function buildCommand(): Command {
     .exitOverride();
   for (const flags of COMPAT_FLAGS) cmd.addOption(new Option(flags).hideHelp());
   return cmd;
-}
-
-function boundedInt(name: string, min: number, max: number): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new UsageError(`${name} must be an integer from ${min} to ${max}, got '${v}'`);
-    }
-    return n;
-  };
 }
 
 function positiveIntOrZero(name: string): (v: string) => number {
@@ -253,7 +244,6 @@ function validate(o: Record<string, unknown>): DaemonOptions {
     persist: o.persist as boolean,
     maxOpenFiles: o.maxOpenFiles as number,
     daxWindow: o.daxWindow as number | undefined,
-    pollWindowUs: o.pollWindowUs as number,
     ignored,
   };
 }

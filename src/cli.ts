@@ -61,11 +61,11 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
       shmemSizes: opts.daxWindow === undefined ? undefined : [opts.daxWindow],
       reset: () => dax?.reset(),
     },
-    { logger, pollWindowUs: opts.pollWindowUs },
+    { logger },
   );
   session.once('close', () => {
     view.close();
-    logger.info({ requests: server.requestCounts(), kicks: session?.kickCounts }, 'FUSE requests served');
+    logger.info({ requests: server.requestCounts() }, 'FUSE requests served');
   });
   return session;
 }

@@ -29,7 +29,6 @@ interface Addon {
   eventfd(initval: number): number;
   eventfdRead(fd: number): bigint;
   eventfdWrite(fd: number, value: number | bigint): void;
-  pollReadable(fds: Int32Array, ready: Uint8Array, timeoutUs: number): number;
   Watcher: new (fd: number, cb: (status: number, events: number) => void) => AddonWatcher;
   openat(dirfd: number, path: string | Buffer, flags: number): number;
   openat2(dirfd: number, path: string | Buffer, flags: number, resolve: number): number;
@@ -240,16 +239,6 @@ export function eventfdRead(fd: number): bigint {
 
 export function eventfdWrite(fd: number, value: number | bigint = 1): void {
   addon.eventfdWrite(fd, value);
-}
-
-/**
- * Blocks the calling thread in ppoll(2) until one of `fds` is readable, `timeoutUs`
- * microseconds pass (negative: no limit) or a signal interrupts; `ready[i]` gets
- * the revents of fds[i]. Returns how many fds are ready (0 on timeout or signal).
- * Blocks the event loop too: only for short, bounded waits.
- */
-export function pollReadable(fds: Int32Array, ready: Uint8Array, timeoutUs: number): number {
-  return addon.pollReadable(fds, ready, timeoutUs);
 }
 
 /**

@@ -234,29 +234,6 @@ describe('eventfd and the poll watcher', () => {
   });
 });
 
-describe('pollReadable (a blocking ppoll for a bounded wait)', () => {
-  test('reports which fds are readable; times out with 0; rejects arrays of the wrong type', () => {
-    const a = native.eventfd();
-    const b = native.eventfd();
-    try {
-      const fds = Int32Array.of(a, b);
-      const ready = new Uint8Array(2);
-      const t0 = process.hrtime.bigint();
-      expect(native.pollReadable(fds, ready, 2000)).toBe(0);
-      expect(Number(process.hrtime.bigint() - t0)).toBeGreaterThanOrEqual(1_500_000);
-      expect([...ready]).toEqual([0, 0]);
-      native.eventfdWrite(b, 1);
-      expect(native.pollReadable(fds, ready, -1)).toBe(1);
-      expect([ready[0], ready[1] & 1]).toEqual([0, 1]); // POLLIN
-      expectThrowName(() => native.pollReadable(new Uint32Array(2) as unknown as Int32Array, ready, 0), 'TypeError');
-      expectThrowName(() => native.pollReadable(fds, new Uint8Array(1), 0), 'RangeError');
-    } finally {
-      native.close(a);
-      native.close(b);
-    }
-  });
-});
-
 describe('fd-relative file access', () => {
   let dir: string;
   let dirfd: number;

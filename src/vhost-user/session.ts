@@ -71,12 +71,6 @@ export interface VhostUserSessionOptions {
   logger?: Logger;
   /** Ack timeout of the backend channel. */
   backendTimeoutMs?: number;
-  /**
-   * After serving a kick, keep serving this connection from a blocking poll(2)
-   * until it has been quiet this many microseconds, before returning to Node's
-   * event loop (0: return at once). See #serveBurst.
-   */
-  pollWindowUs?: number;
 }
 
 /** virtio-fs config space (§5.11.4): u8 tag[36]; le32 num_request_queues. */
@@ -84,8 +78,6 @@ export const FS_TAG_SIZE = 36;
 export const FS_CONFIG_SIZE = FS_TAG_SIZE + 4;
 /** Socket reads per wakeup (a message takes two) before yielding to kicks and timers. */
 const READS_PER_WAKEUP = 64;
-/** The longest a burst keeps Node's event loop waiting (its timers, signals, other fds), however busy the guest. */
-const BURST_MAX_MS = 20;
 
 /** A snapshot of protocol state, for tests and diagnostics. */
 export interface SessionState {
@@ -119,10 +111,6 @@ export class VhostUserSession extends EventEmitter {
   readonly #device: VhostUserDevice;
   readonly #log: Logger;
   readonly #backendTimeoutMs: number | undefined;
-  readonly #pollWindowUs: number;
-  /** What a burst polls: the socket, then the kick fd of each running vring; null when it must be rebuilt. */
-  #burstSet: { fds: Int32Array; ready: Uint8Array; vrings: Vring[] } | null = null;
-  readonly #kicks = { eventLoop: 0, pollWindow: 0 };
   readonly #reader = new MessageReader();
   readonly #watcher: native.FdWatcher;
   readonly #memory = new GuestMemory({ maxRegions: MAX_MEM_SLOTS });
@@ -144,7 +132,6 @@ export class VhostUserSession extends EventEmitter {
     this.#device = device;
     this.#log = opts.logger ?? silentLogger;
     this.#backendTimeoutMs = opts.backendTimeoutMs;
-    this.#pollWindowUs = opts.pollWindowUs ?? 0;
     this.#config = device.tag === undefined ? null : fsConfig(device.tag, device.numQueues - 1);
     this.#offeredProtocol =
       OFFERED_PROTOCOL_FEATURES | (this.#config ? ProtocolFeature.CONFIG : 0n) | (device.shmemSizes?.length ? ProtocolFeature.SHMEM : 0n);
@@ -161,11 +148,6 @@ export class VhostUserSession extends EventEmitter {
 
   get closed(): boolean {
     return this.#closed;
-  }
-
-  /** Kicks served so far: woken by Node's event loop, or caught while waiting in a poll window. */
-  get kickCounts(): { eventLoop: number; pollWindow: number } {
-    return { ...this.#kicks };
   }
 
   state(): SessionState {
@@ -506,7 +488,6 @@ export class VhostUserSession extends EventEmitter {
 
   /** Watches the kick fd exactly while the ring is started and enabled; drains once on start. */
   #run(v: Vring): void {
-    this.#burstSet = null;
     if (this.#closed) return;
     if (!(v.started && v.enabled)) {
       v.watcher?.stop();
@@ -519,74 +500,14 @@ export class VhostUserSession extends EventEmitter {
   }
 
   #onKick(v: Vring): void {
-    if (!this.#takeKick(v)) return;
-    this.#kicks.eventLoop++;
-    this.#drain(v);
-    if (this.#pollWindowUs > 0) this.#serveBurst();
-  }
-
-  /** Consumes the kick eventfd; false (queue stopped) when it cannot be read. */
-  #takeKick(v: Vring): boolean {
     try {
       native.eventfdRead(v.kickFd);
-      return true;
     } catch (e) {
       this.#log.error({ queue: v.queue.index, err: errText(e) }, 'reading the kick eventfd failed; stopping the queue');
       v.watcher?.stop();
-      this.#burstSet = null;
-      return false;
+      return;
     }
-  }
-
-  /**
-   * A guest that is working sends its next request within a few hundred µs of
-   * our reply. Waiting for it here, blocked in poll(2) on this connection's own
-   * fds, serves it without a trip through Node's event loop: no libuv wake-up
-   * and callback scope before the request, no loop iteration (and second,
-   * zero-timeout epoll) after the reply while the guest's vCPU wants the CPU.
-   * The burst ends after pollWindowUs of quiet, or BURST_MAX_MS in all, so the
-   * loop's timers, signals and other fds wait at most that long.
-   */
-  #serveBurst(): void {
-    const until = Date.now() + BURST_MAX_MS;
-    while (!this.#closed && Date.now() < until) {
-      const set = (this.#burstSet ??= this.#newBurstSet());
-      const pending = this.#drainPending(set.vrings);
-      if (native.pollReadable(set.fds, set.ready, pending ? 0 : this.#pollWindowUs) === 0) {
-        if (pending) continue;
-        return;
-      }
-      for (let i = 1; i < set.fds.length && !this.#closed; i++) {
-        const v = set.vrings[i - 1];
-        if (set.ready[i] === 0 || !(v.started && v.enabled) || !this.#takeKick(v)) continue;
-        this.#kicks.pollWindow++;
-        this.#drain(v);
-      }
-      // Last: a control message may stop rings and close their kick fds, so the set is rebuilt after it.
-      if (set.ready[0] !== 0 && !this.#closed) {
-        this.#onReadable();
-        this.#burstSet = null;
-      }
-    }
-  }
-
-  #newBurstSet(): { fds: Int32Array; ready: Uint8Array; vrings: Vring[] } {
-    const vrings = this.#vrings.filter((v) => v.started && v.enabled && v.kickFd >= 0 && v.queue.broken === null);
-    const fds = Int32Array.from([this.#fd, ...vrings.map((v) => v.kickFd)]);
-    return { fds, ready: new Uint8Array(fds.length), vrings };
-  }
-
-  /** Runs the drains that were deferred to the event loop (a budget ran out); true if one still has more. */
-  #drainPending(vrings: readonly Vring[]): boolean {
-    let more = false;
-    for (const v of vrings) {
-      if (v.pendingDrain === null) continue;
-      clearImmediate(v.pendingDrain);
-      v.pendingDrain = null;
-      this.#drain(v);
-      more ||= v.pendingDrain !== null;
-    }
-    return more;
+    this.#drain(v);
   }
 
   #drain(v: Vring): void {
@@ -605,7 +526,6 @@ export class VhostUserSession extends EventEmitter {
   }
 
   #broken(v: Vring, err: ClosurefsError): void {
-    this.#burstSet = null;
     this.#log.error({ queue: v.queue.index, code: err.code, rule: (err as { rule?: string }).rule, err: err.message }, 'virtqueue broken; stopped processing it');
     v.watcher?.stop();
     if (v.errFd >= 0) {
@@ -628,7 +548,6 @@ export class VhostUserSession extends EventEmitter {
 
   /** GET_VRING_BASE, a new kick fd, or close: stop watching and drop the kick fd. */
   #stopVring(v: Vring): void {
-    this.#burstSet = null;
     v.started = false;
     v.watcher?.close();
     v.watcher = null;
