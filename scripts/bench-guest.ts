@@ -105,13 +105,24 @@ a=$(now); b=$(now); c=$(now); m overhead_us $(( (c - a) / 2 ))
 cd $S
 `;
 
+/**
+ * The sequential read runs twice: first thing after the mount, when the daemon has served almost nothing
+ * (closurefs's JIT is still compiling its request path, and every guest page is touched for the first
+ * time), and again at the end, after some 30,000 requests, as a guest that booted from the store would
+ * see it. Both are reported; the guest's page cache is dropped before each.
+ */
+function seqRead(st: SyntheticStore, seqMiB: number, key: string): string {
+  return `drop; a=$(now); dd if=$S/${st.large}/data.bin of=/dev/null bs=1M count=${seqMiB} 2>/tmp/dd.err; b=$(now)
+# busybox dd reports only records ("64+0 records out"): full 1 MiB records, and partial ones.
+m ${key}_full_mib "$(sed -n 's/^\\([0-9]*\\)+[0-9]* records out.*/\\1/p' /tmp/dd.err)"
+m ${key}_partial "$(sed -n 's/^[0-9]*+\\([0-9]*\\) records out.*/\\1/p' /tmp/dd.err)"
+m ${key}_us $((b - a))
+`;
+}
+
 function perfScript(st: SyntheticStore, seqMiB: number): string {
   return `${PRELUDE}
-drop; a=$(now); dd if=$S/${st.large}/data.bin of=/dev/null bs=1M count=${seqMiB} 2>/tmp/dd.err; b=$(now)
-# busybox dd reports only records ("64+0 records out"): full 1 MiB records, and partial ones.
-m seq_full_mib "$(sed -n 's/^\\([0-9]*\\)+[0-9]* records out.*/\\1/p' /tmp/dd.err)"
-m seq_partial "$(sed -n 's/^[0-9]*+\\([0-9]*\\) records out.*/\\1/p' /tmp/dd.err)"
-m seq_us $((b - a))
+${seqRead(st, seqMiB, 'seq')}
 
 drop; a=$(now); xargs sh -c 'find "$@" -print0' sh < /bench/paths | xargs -0 stat -c %s > /tmp/sizes; b=$(now)
 m findstat_us $((b - a)); m findstat_entries $(wc -l < /tmp/sizes)
@@ -123,7 +134,8 @@ m small_us $((b - a)); m small_files $(wc -l < /tmp/files); m small_bytes $(cat 
 
 drop; a=$(now); i=0; while [ $i -lt 20 ]; do $S/${st.busybox}/bin/busybox true || echo "M|exec_failed|1"; i=$((i + 1)); done; b=$(now)
 m exec20_us $((b - a))
-`;
+
+${seqRead(st, seqMiB, 'seq2')}`;
 }
 
 function walkScript(): string {
@@ -190,6 +202,7 @@ function check(cond: boolean, what: string, r: GuestResult, daemonOut: string): 
 
 interface PerfSample {
   seqMiBps: number;
+  seq2MiBps: number;
   findstatS: number;
   smallFilesPerS: number;
   execMsPerStart: number;
@@ -223,8 +236,10 @@ async function perfBoot(col: Column, st: SyntheticStore, opts: Options, socketDi
   };
   check(r.exitStatus === 0, `${col}: guest script failed`, r, out);
   check(!m.has('exec_failed'), `${col}: busybox failed to start from the store`, r, out);
-  check(get('seq_full_mib') === seqMiB && get('seq_partial') === 0,
-    `${col}: sequential read returned ${get('seq_full_mib')}+${get('seq_partial')} records of 1 MiB, want ${seqMiB}`, r, out);
+  for (const k of ['seq', 'seq2']) {
+    check(get(`${k}_full_mib`) === seqMiB && get(`${k}_partial`) === 0,
+      `${col}: sequential read (${k}) returned ${get(`${k}_full_mib`)}+${get(`${k}_partial`)} records of 1 MiB, want ${seqMiB}`, r, out);
+  }
   const entries = perfPackages * ENTRIES_PER_PACKAGE;
   const files = perfPackages * FILES_PER_PACKAGE;
   const smallBytes = packageBytes(perfPackages);
@@ -235,6 +250,7 @@ async function perfBoot(col: Column, st: SyntheticStore, opts: Options, socketDi
   const us = (k: string): number => Math.max(1, get(k) - over);
   return {
     seqMiBps: seqMiB / (us('seq_us') / 1e6),
+    seq2MiBps: seqMiB / (us('seq2_us') / 1e6),
     findstatS: us('findstat_us') / 1e6,
     smallFilesPerS: files / (us('small_us') / 1e6),
     execMsPerStart: us('exec20_us') / 1000 / 20,
@@ -398,7 +414,7 @@ async function main(): Promise<void> {
       for (const col of rotate(columns, run)) {
         const s = await perfBoot(col, st, opts, socketDir, sizes);
         (perf[col] ??= []).push(s);
-        log(`run ${run + 1}/${opts.runs} ${col}: seq ${fmt(s.seqMiBps)} MiB/s, find+stat ${fmt(s.findstatS)} s, ` +
+        log(`run ${run + 1}/${opts.runs} ${col}: seq ${fmt(s.seqMiBps)} / ${fmt(s.seq2MiBps)} MiB/s, find+stat ${fmt(s.findstatS)} s, ` +
           `small ${fmt(s.smallFilesPerS)} files/s, exec ${fmt(s.execMsPerStart)} ms (boot ${s.bootMs} ms)`);
       }
     }
@@ -419,7 +435,8 @@ async function main(): Promise<void> {
     const walkFiles = (sizes.walkPackages * FILES_PER_PACKAGE).toLocaleString('en-US');
     const perfFiles = (sizes.perfPackages * FILES_PER_PACKAGE).toLocaleString('en-US');
     const rows: Row[] = [
-      { key: 'seq_read', label: `Sequential read, ${seqMiB} MiB, cold`, unit: 'MiB/s', better: 'higher', samples: pick((s) => s.seqMiBps), target: { ratio: 1 } },
+      { key: 'seq_read', label: `Sequential read, ${seqMiB} MiB, cold, first after the mount`, unit: 'MiB/s', better: 'higher', samples: pick((s) => s.seqMiBps), target: { ratio: 1 } },
+      { key: 'seq_read_again', label: `Sequential read, ${seqMiB} MiB, cold, again after the other measures`, unit: 'MiB/s', better: 'higher', samples: pick((s) => s.seq2MiBps), target: { ratio: 1 } },
       { key: 'find_stat', label: `find + stat, ${perfFiles} files, cold`, unit: 's', better: 'lower', samples: pick((s) => s.findstatS), target: { ratio: 1 } },
       { key: 'small_files', label: `Read every small file once (${perfFiles}), cold`, unit: 'files/s', better: 'higher', samples: pick((s) => s.smallFilesPerS), target: { ratio: 1 } },
       { key: 'exec', label: 'Start busybox from the store ×20 after drop_caches', unit: 'ms/start', better: 'lower', samples: pick((s) => s.execMsPerStart), target: { ratio: 1 } },
