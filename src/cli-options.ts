@@ -48,6 +48,12 @@ export interface DaemonOptions {
   persist: boolean;
   maxOpenFiles: number;
   daxWindow?: number;
+  /**
+   * Threads that read large READs arriving together (virtiofsd's flag, libuv's pool);
+   * 0 serves every request on the main thread. Undefined: libuv's default (4, or
+   * UV_THREADPOOL_SIZE).
+   */
+  threadPoolSize?: number;
   /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
   ignored: string[];
 }
@@ -111,6 +117,7 @@ function buildCommand(): Command {
     .option('--persist', 'keep listening for the next frontend after one disconnects', false)
     .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
+    .option('--thread-pool-size <n>', 'threads for large reads that arrive together; 0: every request on the main thread (default 4)', positiveIntOrZero('--thread-pool-size'))
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
@@ -131,11 +138,10 @@ function positiveIntOrZero(name: string): (v: string) => number {
 
 /**
  * virtiofsd flags (microvm.nix passes several) that mean nothing for an immutable,
- * read-only store with no thread pool: accepted, hidden from --help, logged once.
+ * read-only store: accepted, hidden from --help, logged once.
  */
 const COMPAT_FLAGS = [
   '--rlimit-nofile <n>',
-  '--thread-pool-size <n>',
   '--posix-acl',
   '--xattr',
   '--inode-file-handles [mode]',
@@ -228,6 +234,9 @@ function validate(o: Record<string, unknown>): DaemonOptions {
   const dax = o.daxWindow as number | undefined;
   // The guest splits the window into 2 MiB ranges (fs/fuse/dax.c FUSE_DAX_SZ).
   if (dax !== undefined && (dax === 0 || dax % (2 << 20) !== 0)) throw new UsageError(`--dax-window must be a non-zero multiple of 2M, got ${dax} bytes`);
+  const pool = o.threadPoolSize as number | undefined;
+  // libuv's own limit (MAX_THREADPOOL_SIZE): above it the size would be silently capped.
+  if (pool !== undefined && pool > 1024) throw new UsageError(`--thread-pool-size must be at most 1024, got ${pool}`);
   const ignored = [...compatFlagsGiven(o), ...legacy.ignored];
   return {
     socketPath: o.socketPath as string | undefined,
@@ -244,6 +253,7 @@ function validate(o: Record<string, unknown>): DaemonOptions {
     persist: o.persist as boolean,
     maxOpenFiles: o.maxOpenFiles as number,
     daxWindow: o.daxWindow as number | undefined,
+    threadPoolSize: o.threadPoolSize as number | undefined,
     ignored,
   };
 }

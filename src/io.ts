@@ -11,7 +11,20 @@ export interface ScatterGather {
   readonly writable: readonly Buffer[];
 }
 
-/** Something that serves requests arriving on a queue; returns the bytes written into `writable`. */
+/** Finishes a request that handle() left PENDING: the bytes written into `writable`. Call exactly once. */
+export type Completion = (written: number) => void;
+
+/** What handle() returns when it took `complete` and will call it later. */
+export const PENDING = -1;
+
+/** Something that serves requests arriving on a queue. */
 export interface RequestHandler {
-  handle(queueIndex: number, request: ScatterGather): number;
+  /**
+   * Returns the bytes written into `writable`. When the transport passes
+   * `complete`, it has other requests to serve meanwhile, and the handler may
+   * instead start the work off the calling thread, return PENDING and call
+   * `complete` once it is done. Until then the transport keeps `request`'s
+   * buffers mapped and valid.
+   */
+  handle(queueIndex: number, request: ScatterGather, complete?: Completion): number;
 }

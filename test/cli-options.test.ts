@@ -44,9 +44,16 @@ test('the exact flags microvm.nix passes to virtiofsd are accepted; the meaningl
   expect(o.socketGroup).toBe('kvm');
   expect(o.storeDir).toBe('/nix/store');
   expect(o.cache).toBe('auto');
-  expect(o.ignored.sort()).toEqual(
-    ['--inode-file-handles', '--posix-acl', '--readonly', '--rlimit-nofile', '--thread-pool-size', '--xattr'].sort(),
-  );
+  expect(o.threadPoolSize).toBe(4);
+  expect(o.ignored.sort()).toEqual(['--inode-file-handles', '--posix-acl', '--readonly', '--rlimit-nofile', '--xattr'].sort());
+});
+
+test('--thread-pool-size: 0 keeps every request on the main thread; libuv caps the pool at 1024', () => {
+  const base = ['--socket-path', 's', '--closure', 'c'];
+  expect(run([...base, '--thread-pool-size', '0']).threadPoolSize).toBe(0);
+  expect(run(base).threadPoolSize).toBeUndefined();
+  expect(() => run([...base, '--thread-pool-size', '1025'])).toThrow(/at most 1024/);
+  expect(() => run([...base, '--thread-pool-size', '-1'])).toThrow(/non-negative integer/);
 });
 
 test('legacy -o source=DIR,cache=MODE form', () => {

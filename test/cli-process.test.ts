@@ -90,13 +90,13 @@ test('a missing socket directory: exit 4', () => {
 
 test.each(['SIGTERM', 'SIGINT'] as const)('%s: clean shutdown, exit 0, socket removed, summary and compat flags logged', async (signal) => {
   const sock = path.join(dir, `${signal}.sock`);
-  const { code, logs } = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--xattr', '--thread-pool-size', '4'], signal);
+  const { code, logs } = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--xattr', '--rlimit-nofile', '4096'], signal);
   expect(code).toBe(0);
   expect(fs.existsSync(sock)).toBe(false);
   expect(logs.find((l) => l.msg === 'closurefs ready')).toMatchObject({ paths: 1, socket: sock });
   expect(logs.find((l) => l.msg === 'closure size')).toMatchObject({ paths: 1, files: 4 });
   const compat = logs.filter((l) => String(l.msg).startsWith('accepted for compatibility'));
   expect(compat).toHaveLength(1);
-  expect(compat[0].flags).toEqual(['--thread-pool-size', '--xattr']);
+  expect(compat[0].flags).toEqual(['--rlimit-nofile', '--xattr']);
   expect(logs.find((l) => l.msg === 'shutting down')).toMatchObject({ reason: signal });
 });

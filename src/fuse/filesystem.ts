@@ -51,6 +51,9 @@ export interface DirEntry {
 /** Called once per entry from the requested offset on; returns false to stop (the reply is full). */
 export type DirEntrySink = (entry: DirEntry) => boolean;
 
+/** How readAsync() reports: bytes read (fewer than asked at EOF), or the error. */
+export type ReadDone = (err: Error | null, bytes: number) => void;
+
 /** Opcodes that would change the file system; they all go to FileSystem.mutate(). */
 export const MUTATING_OPS = [
   'SETATTR',
@@ -139,6 +142,15 @@ export abstract class FileSystem {
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, dst: readonly Buffer[]): number {
     enosys();
   }
+
+  /**
+   * Optional: read() off the calling thread. Starts the read into dst and returns;
+   * `done` runs later from the event loop with the byte count or the error (an
+   * FsError or a host errno error), exactly once. dst stays valid until then. A
+   * synchronous throw (a bad fh) is the request's error, as from read(). The
+   * server uses it for large READs when other requests wait behind them.
+   */
+  readAsync?(ctx: RequestContext, nodeid: number, fh: number, offset: number, dst: readonly Buffer[], done: ReadDone): void;
 
   flush(ctx: RequestContext, nodeid: number, fh: number): void {
     enosys();

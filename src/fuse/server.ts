@@ -7,7 +7,7 @@
  * handle() never throws: a malformed request gets an errno reply (or, when not
  * even a reply header fits, nothing), a FileSystem bug gets EIO and a log line.
  */
-import type { RequestHandler, ScatterGather } from '../io';
+import { PENDING, type Completion, type RequestHandler, type ScatterGather } from '../io';
 import {
   AccessIn,
   AttrOut,
@@ -101,6 +101,13 @@ export interface FuseServerOptions {
    * per directory; needs a FileSystem whose readdir works without a handle.
    */
   zeroMessageOpendir?: boolean;
+  /**
+   * READs of at least this many bytes may run on a thread of their own when the
+   * transport has other requests to serve meanwhile (see RequestHandler); smaller
+   * ones, and any READ that arrives alone, are read in place. Default 64 KiB;
+   * Infinity reads everything in place.
+   */
+  offloadReadMin?: number;
   logger?: FuseLogger;
 }
 
@@ -112,8 +119,11 @@ const PAGE = 4096;
 
 const NO_REPLY = -1;
 const OK = 0;
-/** A handler's outcome: OK (payload written), NO_REPLY, or a positive errno. */
+/** The handler started work that finishes the request later, through Request.complete. */
+const LATER = -2;
+/** A handler's outcome: OK (payload written), NO_REPLY, LATER, or a positive errno. */
 type Outcome = number;
+const DEFAULT_OFFLOAD_READ_MIN = 64 * 1024;
 
 interface Request {
   header: InHeader;
@@ -121,6 +131,10 @@ interface Request {
   in: ChainReader;
   /** The payload area: the writable buffers from byte 16 on. */
   out: ChainWriter;
+  sg: ScatterGather;
+  queueIndex: number;
+  /** The transport's completion, when it offered one: a handler may then return LATER. */
+  complete: Completion | undefined;
 }
 type Handler = (req: Request) => Outcome;
 
@@ -163,6 +177,7 @@ export class FuseServer implements RequestHandler {
   readonly #timeout: number;
   readonly #opts: FuseServerOptions;
   readonly #log: FuseLogger;
+  readonly #offloadReadMin: number;
   /**
    * Indexed by opcode: a dense array, so V8 compiles the lookup once for any opcode
    * (an object keyed by opcode deoptimised #dispatch on each opcode it had not seen).
@@ -180,6 +195,7 @@ export class FuseServer implements RequestHandler {
     this.#cache = opts.cache ?? 'always';
     this.#timeout = TIMEOUTS[this.#cache];
     this.#log = opts.logger ?? NULL_LOGGER;
+    this.#offloadReadMin = fs.readAsync === undefined ? Infinity : (opts.offloadReadMin ?? DEFAULT_OFFLOAD_READ_MIN);
     this.#handlers = this.#table();
     this.#served = new Array<number>(this.#handlers.length).fill(0);
   }
@@ -204,7 +220,7 @@ export class FuseServer implements RequestHandler {
     return counts;
   }
 
-  handle(queueIndex: number, request: ScatterGather): number {
+  handle(queueIndex: number, request: ScatterGather, complete?: Completion): number {
     let readable: number;
     try {
       readable = totalLength(request.readable);
@@ -222,10 +238,10 @@ export class FuseServer implements RequestHandler {
       this.#log.warn({ queueIndex, len: header.len, readable, opcode: header.opcode }, 'fuse_in_header.len disagrees with the chain');
       return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header.unique, Errno.EINVAL);
     }
-    return this.#dispatch(queueIndex, header, reader, request);
+    return this.#dispatch(queueIndex, header, reader, request, complete);
   }
 
-  #dispatch(queueIndex: number, header: InHeader, reader: ChainReader, request: ScatterGather): number {
+  #dispatch(queueIndex: number, header: InHeader, reader: ChainReader, request: ScatterGather, complete: Completion | undefined): number {
     const handler = header.opcode < this.#handlers.length ? this.#handlers[header.opcode] : undefined;
     if (handler === undefined) return this.#replyError(request, header.unique, Errno.ENOSYS);
     this.#served[header.opcode]++;
@@ -237,14 +253,41 @@ export class FuseServer implements RequestHandler {
     try {
       // 7.38: total_extlen 8-byte units of extensions (security context, groups) follow the arguments.
       reader.excludeTail(header.totalExtlen * 8);
-      outcome = handler({ header, ctx: header, in: reader, out });
+      outcome = handler({ header, ctx: header, in: reader, out, sg: request, queueIndex, complete });
     } catch (e) {
       outcome = this.#errnoFor(e, queueIndex, header);
     }
+    if (outcome === LATER) return PENDING;
+    return this.#reply(header, out, request, outcome);
+  }
+
+  /** Writes the reply header for an outcome; the bytes the chain now holds. */
+  #reply(header: InHeader, out: ChainWriter, request: ScatterGather, outcome: Outcome): number {
     // FORGET and friends never get a reply, not even an error one: the guest is not waiting for it.
     if (outcome === NO_REPLY || this.#isNoReply(header.opcode)) return 0;
     if (outcome !== OK) return this.#replyError(request, header.unique, outcome);
     return this.#replyOk(request, header.unique, out.bytesWritten);
+  }
+
+  /**
+   * Finishes a request whose handler returned LATER. Runs from a callback of the
+   * event loop, where a throw would end the daemon: whatever goes wrong, the
+   * transport's completion is called, once.
+   */
+  #finish(r: Request, handler: () => Outcome): void {
+    let written = 0;
+    try {
+      let outcome: Outcome;
+      try {
+        outcome = handler();
+      } catch (e) {
+        outcome = this.#errnoFor(e, r.queueIndex, r.header);
+      }
+      written = this.#reply(r.header, r.out, r.sg, outcome);
+    } catch (e) {
+      this.#log.error({ queueIndex: r.queueIndex, err: e }, 'writing a deferred reply failed');
+    }
+    (r.complete as Completion)(written);
   }
 
   #errnoFor(e: unknown, queueIndex: number, header: InHeader): number {
@@ -493,13 +536,28 @@ export class FuseServer implements RequestHandler {
     return OK;
   }
 
-  /* The data goes from the host file straight into the guest's buffers: no staging copy. */
+  /*
+   * The data goes from the host file straight into the guest's buffers: no staging
+   * copy. A large READ with other requests behind it goes to a thread, so several
+   * are copied at once (a guest's readahead, many vCPUs) while this one serves the rest.
+   */
   #read(r: Request): Outcome {
     const rd = r.in.read(ReadIn);
     if (!Number.isFinite(rd.offset)) return Errno.EINVAL;
     const size = Math.min(rd.size, r.out.available);
-    const n = this.#fs.read(r.ctx, r.header.nodeid, rd.fh, rd.offset, r.out.views(size));
-    r.out.advance(n);
+    const dst = r.out.views(size);
+    if (r.complete !== undefined && size >= this.#offloadReadMin) {
+      const readAsync = this.#fs.readAsync as NonNullable<FileSystem['readAsync']>;
+      readAsync.call(this.#fs, r.ctx, r.header.nodeid, rd.fh, rd.offset, dst, (err, n) =>
+        this.#finish(r, () => {
+          if (err !== null) throw err;
+          r.out.advance(n);
+          return OK;
+        }),
+      );
+      return LATER;
+    }
+    r.out.advance(this.#fs.read(r.ctx, r.header.nodeid, rd.fh, rd.offset, dst));
     return OK;
   }
 

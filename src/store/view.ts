@@ -18,10 +18,10 @@
  * fds are the store directory, a small LRU of directory O_PATH fds, and one fd per
  * open file handle (capped).
  */
-import { readvSync } from 'node:fs';
+import { readv, readvSync } from 'node:fs';
 import type { Attr, KStatfs } from '../fuse/abi';
 import { Errno, FsError } from '../fuse/errno';
-import { FileSystem, opensForWrite, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type RequestContext } from '../fuse/filesystem';
+import { FileSystem, opensForWrite, type ReadDone, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type RequestContext } from '../fuse/filesystem';
 import type { FuseLogger } from '../fuse/server';
 import { isErrnoError } from '../errors';
 import * as native from '../native';
@@ -51,6 +51,10 @@ interface FileHandle {
   kind: 'file';
   nodeid: number;
   fd: number;
+  /** readAsync() calls still running on this fd: it stays open until they end. */
+  reading: number;
+  /** Released (or destroyed) while reads were running: closed by the last of them. */
+  released: boolean;
 }
 interface DirHandle {
   kind: 'dir';
@@ -223,7 +227,7 @@ export class ClosureView extends FileSystem {
   override init(): void {}
 
   override destroy(): void {
-    for (const h of this.#handles.values()) if (h.kind === 'file') native.closeQuietly(h.fd);
+    for (const h of this.#handles.values()) if (h.kind === 'file') this.#closeFile(h);
     this.#handles.clear();
     this.#nodes.clear();
     this.#dirFds.clear();
@@ -394,7 +398,7 @@ export class ClosureView extends FileSystem {
     const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
     try {
       if (identityOf(native.statx(fd, '', STATX_NOFOLLOW)) !== node.identity) throw new FsError(Errno.ESTALE);
-      return this.#handles.add({ kind: 'file', nodeid, fd });
+      return this.#handles.add({ kind: 'file', nodeid, fd, reading: 0, released: false });
     } catch (e) {
       native.closeQuietly(fd);
       throw e;
@@ -421,6 +425,27 @@ export class ClosureView extends FileSystem {
     return total;
   }
 
+  /* As read(), on libuv's thread pool; the handle's fd is pinned until the last chunk lands. */
+  override readAsync(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, dst: readonly Buffer[], done: ReadDone): void {
+    const h = this.#fileHandle(fh);
+    h.reading++;
+    const finish = (err: Error | null, total: number): void => {
+      if (--h.reading === 0 && h.released) native.closeQuietly(h.fd);
+      done(err, total);
+    };
+    const step = (bufs: readonly Buffer[], total: number): void => {
+      readv(h.fd, bufs as Buffer[], offset + total, (err, n) => {
+        if (err !== null) return finish(err, total);
+        if (n === 0) return finish(null, total);
+        const rest = dropFront(bufs, n);
+        if (rest.length === 0) return finish(null, total + n);
+        step(rest, total + n);
+      });
+    };
+    if (dst.length === 0) return process.nextTick(finish, null, 0);
+    step(dst, 0);
+  }
+
   override flush(_ctx: RequestContext, _nodeid: number, fh: number): void {
     this.#fileHandle(fh);
   }
@@ -429,7 +454,13 @@ export class ClosureView extends FileSystem {
     const h = this.#handles.get(fh);
     if (h === undefined || h.kind !== 'file') throw new FsError(Errno.EBADF);
     this.#handles.remove(fh);
-    native.closeQuietly(h.fd);
+    this.#closeFile(h);
+  }
+
+  /* A read on another thread still uses the fd: closing it now could hand its number to another open. */
+  #closeFile(h: FileHandle): void {
+    h.released = true;
+    if (h.reading === 0) native.closeQuietly(h.fd);
   }
 
   override lseek(_ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): number {

@@ -123,6 +123,12 @@ export class VhostUserSession extends EventEmitter {
   #protocolFeatures = 0n;
   #backend: BackendChannel | null = null;
   #closed = false;
+  /**
+   * A message arrived while requests were in flight: the socket is not read
+   * until they complete. Every message may change what those requests write to
+   * (the memory table, the rings, the device itself), and none is urgent.
+   */
+  #messagesHeld = false;
 
   /** Serves the connected socket `fd` (taken over: closed by close()). */
   constructor(fd: number, device: VhostUserDevice, opts: VhostUserSessionOptions = {}) {
@@ -175,8 +181,13 @@ export class VhostUserSession extends EventEmitter {
     this.#closed = true;
     this.#watcher.close();
     this.#reader.close();
-    for (const v of this.#vrings) this.#releaseVring(v);
-    this.#memory.close();
+    for (const v of this.#vrings) {
+      this.#releaseVring(v);
+      // Requests still in flight complete into nothing: their rings are gone.
+      v.queue.reset();
+    }
+    // Reads still running on other threads write into guest memory: it is unmapped after the last.
+    if (this.#inflight() === 0) this.#memory.close();
     this.#backend?.close();
     this.#backend = null;
     native.closeQuietly(this.#fd);
@@ -188,6 +199,7 @@ export class VhostUserSession extends EventEmitter {
   #onReadable(): void {
     try {
       for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
+        if (this.#inflight() > 0) return this.#holdMessages();
         if (!this.#readOnce()) return;
       }
     } catch (e) {
@@ -243,6 +255,32 @@ export class VhostUserSession extends EventEmitter {
     const sent = native.sendmsg(this.#fd, msg);
     // Replies are tiny and the frontend waits for each: a full socket buffer means it stopped reading.
     if (sent !== msg.length) throw new VhostUserProtocolError(`reply to ${requestName(request)}: sent ${sent ?? 0} of ${msg.length} bytes`);
+  }
+
+  #inflight(): number {
+    let n = 0;
+    for (const v of this.#vrings) n += v.queue.inflight;
+    return n;
+  }
+
+  #holdMessages(): void {
+    this.#messagesHeld = true;
+    this.#watcher.stop();
+  }
+
+  /** The last request in flight completed: unmap what close() left, or read the messages held back. */
+  #onQueuesIdle(): void {
+    if (this.#inflight() > 0) return;
+    if (this.#closed) {
+      this.#memory.close();
+      return;
+    }
+    if (!this.#messagesHeld) return;
+    this.#messagesHeld = false;
+    this.#watcher.start();
+    setImmediate(() => {
+      if (!this.#closed) this.#onReadable();
+    });
   }
 
   #has(feature: bigint): boolean {
@@ -464,7 +502,7 @@ export class VhostUserSession extends EventEmitter {
 
   #newVring(index: number): Vring {
     let v: Vring | null = null;
-    const queue = new Virtqueue({ index, memory: this.#memory, logger: this.#log, notify: () => this.#notify(v as Vring) });
+    const queue = new Virtqueue({ index, memory: this.#memory, logger: this.#log, notify: () => this.#notify(v as Vring), onIdle: () => this.#onQueuesIdle() });
     v = new Vring(queue);
     return v;
   }

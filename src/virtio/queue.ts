@@ -10,9 +10,15 @@
  * drained by its owner, and asks for a notification through `notify`.
  * drain() never throws: a ring that breaks a rule is marked broken (and stays
  * so until reset) and the error is handed back for the owner to log.
+ *
+ * Completion order: a chain whose handler returned PENDING is completed later,
+ * out of order (the used ring names chains by head, §2.7.8). While any is in
+ * flight its buffers are being written from another thread: `inflight` says how
+ * many, and `onIdle` fires when the count falls back to 0, so the owner can hold
+ * back whatever would unmap guest memory until then.
  */
 import * as native from '../native';
-import type { RequestHandler } from '../io';
+import { PENDING, type Completion, type RequestHandler } from '../io';
 import { ClosurefsError } from '../errors';
 import { GuestMemory } from './guest-memory';
 import { AvailRingError, VirtqueueConfigError } from './errors';
@@ -38,6 +44,8 @@ export interface VirtqueueOptions {
   readonly memory: GuestMemory;
   /** Signals the driver (writes the call eventfd). */
   readonly notify: () => void;
+  /** Called when the last chain left PENDING has completed. */
+  readonly onIdle?: () => void;
   readonly logger?: Logger;
 }
 
@@ -66,6 +74,7 @@ export class Virtqueue {
   readonly index: number;
   #memory: GuestMemory;
   #notify: () => void;
+  #onIdle: () => void;
   #log: Logger;
   #size = 0;
   #addresses: { addrs: RingAddresses; space: AddressSpace } | null = null;
@@ -77,11 +86,19 @@ export class Virtqueue {
   #nextAvail = 0;
   #nextUsed = 0;
   #broken: ClosurefsError | null = null;
+  /** Chains handed out PENDING and not yet completed. */
+  #inflight = 0;
+  /**
+   * Bumped whenever the ring views are dropped (new size, addresses, memory, reset):
+   * a completion from before belongs to rings that are gone and is not published.
+   */
+  #generation = 0;
 
   constructor(opts: VirtqueueOptions) {
     this.index = opts.index;
     this.#memory = opts.memory;
     this.#notify = opts.notify;
+    this.#onIdle = opts.onIdle ?? (() => {});
     this.#log = opts.logger ?? silentLogger;
   }
 
@@ -100,6 +117,11 @@ export class Virtqueue {
 
   get broken(): ClosurefsError | null {
     return this.#broken;
+  }
+
+  /** Chains whose handler returned PENDING and has not completed them yet. */
+  get inflight(): number {
+    return this.#inflight;
   }
 
   /** Size set and all three rings translated to views of guest memory. */
@@ -222,7 +244,12 @@ export class Virtqueue {
     return { completed, more: false, notified, error };
   }
 
-  /** Pops and serves chains until the ring is empty or `budget` is spent. */
+  /**
+   * Pops and serves chains until the ring is empty or `budget` is spent. A chain
+   * with more behind it in this pass may be left PENDING by the handler: the
+   * others are served meanwhile. A lone chain is always served in place, since
+   * handing it to another thread would only add a wake-up to its latency.
+   */
   #serveAvailable(handler: RequestHandler, budget: number): number {
     const avail = this.#avail as Buffer;
     const mask = this.#size - 1;
@@ -235,8 +262,10 @@ export class Virtqueue {
       }
       const chain = walkChain(this.#memory, this.#desc as DataView, this.#size, head);
       this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
-      this.#addUsed(head, this.#serveChain(handler, chain));
       n++;
+      const more = n < budget && this.#nextAvail !== availIdx;
+      const written = more ? this.#serveChainAsync(handler, chain) : this.#serveChain(handler, chain);
+      if (written !== PENDING) this.#addUsed(head, written);
     }
     return n;
   }
@@ -247,9 +276,77 @@ export class Virtqueue {
     try {
       written = handler.handle(this.index, chain);
     } catch (e) {
-      this.#log.error({ err: e, queue: this.index, head: chain.head }, 'request handler threw; completing the chain with no reply bytes');
-      return 0;
+      return this.#handlerThrew(e, chain);
     }
+    return this.#usedLength(chain, written);
+  }
+
+  /** As #serveChain, offering the handler a completion: returns PENDING when it took it. */
+  #serveChainAsync(handler: RequestHandler, chain: DescriptorChain): number {
+    // Counted before the call, so a completion that comes early still finds itself counted.
+    this.#inflight++;
+    const completion = this.#completion(chain);
+    let written: number;
+    try {
+      written = handler.handle(this.index, chain, completion.complete);
+    } catch (e) {
+      written = this.#handlerThrew(e, chain);
+    }
+    if (written === PENDING && !completion.done) return PENDING;
+    if (!completion.done) {
+      completion.done = true;
+      this.#inflight--;
+    }
+    // A handler that completed in place and also returned a length has answered twice: the completion stands.
+    return completion.published ? PENDING : this.#usedLength(chain, written);
+  }
+
+  /**
+   * The completion of one PENDING chain: publishes its used entry and notifies the
+   * driver as a drain would, unless the rings it came from are gone or broken.
+   */
+  #completion(chain: DescriptorChain): { complete: Completion; done: boolean; published: boolean } {
+    const generation = this.#generation;
+    const state = {
+      done: false,
+      published: false,
+      complete: (written: number): void => {
+        if (state.done) {
+          this.#log.error({ queue: this.index, head: chain.head }, 'request completed twice; the second completion is ignored');
+          return;
+        }
+        state.done = true;
+        this.#inflight--;
+        if (generation === this.#generation && this.#broken === null && this.ready) {
+          state.published = true;
+          this.#publishOne(chain, written);
+        }
+        if (this.#inflight === 0) this.#onIdle();
+      },
+    };
+    return state;
+  }
+
+  #publishOne(chain: DescriptorChain, written: number): void {
+    const oldUsed = this.#nextUsed;
+    try {
+      this.#addUsed(chain.head, this.#usedLength(chain, written));
+      this.#publishUsed();
+      // Used idx must be visible before we read used_event / the flags to decide on a signal.
+      native.fence();
+      this.#notifyIfNeeded(oldUsed);
+    } catch (e) {
+      this.#log.error({ err: e, queue: this.index, head: chain.head }, 'publishing a completed request failed');
+    }
+  }
+
+  #handlerThrew(e: unknown, chain: DescriptorChain): number {
+    this.#log.error({ err: e, queue: this.index, head: chain.head }, 'request handler threw; completing the chain with no reply bytes');
+    return 0;
+  }
+
+  /** The used length to publish: what the handler wrote, clamped to the chain's writable bytes. */
+  #usedLength(chain: DescriptorChain, written: number): number {
     if (!Number.isInteger(written) || written < 0 || written > chain.writableBytes) {
       this.#log.error({ queue: this.index, head: chain.head, written, room: chain.writableBytes }, 'request handler reported an impossible used length; clamped');
       return Number.isInteger(written) && written > 0 ? chain.writableBytes : 0;
@@ -303,6 +400,7 @@ export class Virtqueue {
 
   #unmapRings(): void {
     this.#desc = this.#avail = this.#used = null;
+    this.#generation++;
   }
 }
 

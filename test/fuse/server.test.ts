@@ -397,3 +397,79 @@ describe('DAX mapping requests', () => {
     expect(await errnoOf(client.call(Opcode.REMOVEMAPPING, 5, [Buffer.from('03000000' + '00'.repeat(32), 'hex')]))).toBe(Errno.EINVAL);
   });
 });
+
+describe('READ completed later (FileSystem.readAsync)', () => {
+  /** readAsync answers with whatever the test says, on a later turn of the event loop. */
+  class AsyncFs extends StubFs {
+    outcome: { err: Error | null; fill: number } = { err: null, fill: 0 };
+    override readAsync(_c: RequestContext, _n: number, _fh: number, _offset: number, dst: readonly Buffer[], done: (err: Error | null, n: number) => void): void {
+      const { err, fill } = this.outcome;
+      setImmediate(() => {
+        if (err === null) dst[0].fill(0x61, 0, fill);
+        done(err, fill);
+      });
+    }
+  }
+
+  function readIn(size: number): Buffer {
+    const b = Buffer.alloc(40);
+    b.writeBigUInt64LE(7n, 0);
+    b.writeUInt32LE(size, 16);
+    return b;
+  }
+
+  async function readLater(server: FuseServer, size: number) {
+    const writable = [Buffer.alloc(16), Buffer.alloc(size)];
+    let complete!: (n: number) => void;
+    const done = new Promise<number>((r) => (complete = r));
+    const returned = server.handle(1, { readable: [raw(Opcode.READ, readIn(size), { unique: 5n })], writable }, complete);
+    const used = await done;
+    return { returned, used, header: OutHeader.decode(writable[0], 0), data: writable[1] };
+  }
+
+  async function asyncSetup() {
+    const fs = new AsyncFs();
+    const logger = recordingLogger();
+    const server = new FuseServer(fs, { logger, offloadReadMin: 4096 });
+    await new FuseClient(inProcessTransport(server)).init();
+    return { fs, server, logger };
+  }
+
+  test('the reply header and the data arrive through the completion', async () => {
+    const { fs, server } = await asyncSetup();
+    fs.outcome = { err: null, fill: 5000 };
+    const r = await readLater(server, 8192);
+    expect(r.returned).toBe(-1);
+    expect(r.used).toBe(16 + 5000);
+    expect(r.header).toEqual({ len: 16 + 5000, error: 0, unique: 5n });
+    expect(r.data[4999]).toBe(0x61);
+    expect(r.data[5000]).toBe(0);
+  });
+
+  test('an errno from the host becomes the error reply', async () => {
+    const { fs, server, logger } = await asyncSetup();
+    fs.outcome = { err: new FsError(Errno.EIO), fill: 0 };
+    const r = await readLater(server, 8192);
+    expect(r.used).toBe(16);
+    expect(r.header.error).toBe(-Errno.EIO);
+    expect(logger.lines.filter((l) => l.startsWith('error'))).toEqual([]);
+  });
+
+  test('a bug (an error without errno) is EIO and a log line, and the completion still comes', async () => {
+    const { fs, server, logger } = await asyncSetup();
+    fs.outcome = { err: new Error('bug in readAsync'), fill: 0 };
+    const r = await readLater(server, 8192);
+    expect(r.header.error).toBe(-Errno.EIO);
+    expect(logger.lines).toContain('error: FUSE handler failed');
+  });
+
+  test('below offloadReadMin, or with no completion offered, READ is read() in place', async () => {
+    const { server } = await asyncSetup();
+    const r = handleRaw(server, [raw(Opcode.READ, readIn(8192))], [Buffer.alloc(16), Buffer.alloc(8192)]);
+    expect(r.used).toBe(16 + 10); // StubFs.read: 10 bytes
+    const small = server.handle(1, { readable: [raw(Opcode.READ, readIn(100))], writable: [Buffer.alloc(16), Buffer.alloc(100)] }, () => {
+      throw new Error('not to be called');
+    });
+    expect(small).toBe(16 + 10);
+  });
+});

@@ -27,6 +27,8 @@ export class RingFixture {
   readonly handler = new EchoHandler();
   readonly log = new RecordingLogger();
   notifications = 0;
+  /** Times the queue reported that its last PENDING chain completed. */
+  idle = 0;
 
   constructor(size = 16, layout: RegionLayout[] = [{ gpa: 0, size: 1 << 20 }]) {
     this.ram = new GuestRam(layout);
@@ -34,7 +36,7 @@ export class RingFixture {
       this.memory.add({ guestPhysAddr: r.gpa, size: r.size, userAddr: r.userAddr, mmapOffset: r.fdOffset }, native.dup(this.ram.fd));
     }
     this.driver = new DriverQueue(this.ram, 1, size);
-    this.queue = new Virtqueue({ index: 1, memory: this.memory, notify: () => this.notifications++, logger: this.log });
+    this.queue = new Virtqueue({ index: 1, memory: this.memory, notify: () => this.notifications++, onIdle: () => this.idle++, logger: this.log });
     this.queue.setSize(size);
     this.queue.setAddresses({ desc: this.driver.desc, avail: this.driver.avail, used: this.driver.used }, 'guest');
     this.queue.resolve(true);

@@ -8,6 +8,8 @@ import * as path from 'node:path';
 import { Errno, Opcode, FopenFlag, InitFlag } from '../../src/fuse';
 import { FuseServer } from '../../src/fuse/server';
 import { ClosureView } from '../../src/store/view';
+import { PENDING, type Completion, type ScatterGather } from '../../src/io';
+import { backendPair } from '../harness/backend-pair';
 import { FuseClient, cName, errnoOf, inProcessTransport } from '../harness/fuse-client';
 import { fakeHash, makeFakeStore, type FakeStore } from './fake-store';
 
@@ -461,6 +463,132 @@ describe('ClosureView directories', () => {
     expect(init.flags & InitFlag.NO_OPENDIR_SUPPORT).toBe(0);
     expect(await errnoOf(client.opendir(1))).toBe(Errno.ENOSYS);
     expect((await client.readdirAll(1, 0)).length).toBe(store.closure.length + 2);
+    view.close();
+  });
+});
+
+/** A READ request as the guest lays it out, and room for the reply. */
+function readRequest(nodeid: number, fh: number, offset: number, size: number): { readable: Buffer[]; writable: Buffer[] } {
+  const header = Buffer.alloc(40);
+  header.writeUInt32LE(80, 0);
+  header.writeUInt32LE(Opcode.READ, 4);
+  header.writeBigUInt64LE(BigInt(offset + 1), 8);
+  header.writeBigUInt64LE(BigInt(nodeid), 16);
+  const readIn = Buffer.alloc(40);
+  readIn.writeBigUInt64LE(BigInt(fh), 0);
+  readIn.writeBigUInt64LE(BigInt(offset), 8);
+  readIn.writeUInt32LE(size, 16);
+  return { readable: [header, readIn], writable: [Buffer.alloc(16), Buffer.alloc(size)] };
+}
+
+/** Serves a READ offered a completion; resolves with the used length the completion got. */
+function readLater(server: FuseServer, req: { readable: Buffer[]; writable: Buffer[] }): { returned: number; done: Promise<number> } {
+  let complete!: (n: number) => void;
+  const done = new Promise<number>((r) => (complete = r));
+  return { returned: server.handle(1, req, complete), done };
+}
+
+describe('ClosureView reads off the main thread', () => {
+  test('a large READ offered a completion is read on the pool: PENDING, then the same bytes as in place', async () => {
+    const { server, client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const { fh } = await client.open(e.nodeid);
+    const reqs = [0, 200_000, 700_000, 1_000_000].map((off) => ({ off, req: readRequest(e.nodeid, fh, off, 128 * 1024) }));
+    const started = reqs.map(({ req }) => readLater(server, req));
+    expect(started.map((s) => s.returned)).toEqual([-1, -1, -1, -1]);
+    const used = await Promise.all(started.map((s) => s.done));
+    reqs.forEach(({ off, req }, i) => {
+      const want = store.largeContent.subarray(off, off + 128 * 1024);
+      expect(used[i]).toBe(16 + want.length);
+      expect(req.writable[0].readInt32LE(4)).toBe(0);
+      expect(req.writable[0].readBigUInt64LE(8)).toBe(BigInt(off + 1)); // unique echoed
+      expect(req.writable[1].subarray(0, want.length).equals(want)).toBe(true);
+    });
+    view.close();
+  });
+
+  test('a small READ, or any READ with offloading off, is answered in place even when offered a completion', async () => {
+    const { server, client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const { fh } = await client.open(e.nodeid);
+    expect(readLater(server, readRequest(e.nodeid, fh, 0, 4096)).returned).toBe(16 + 4096);
+    const inPlace = new FuseServer(view, { offloadReadMin: Infinity });
+    await new FuseClient(inProcessTransport(inPlace)).init();
+    const fh2 = (await client.open((await client.walk(`${store.names.app}/share/large.bin`)).nodeid)).fh;
+    expect(readLater(inPlace, readRequest(e.nodeid, fh2, 0, 1 << 20)).returned).toBe(16 + (1 << 20));
+    view.close();
+  });
+
+  test('RELEASE and DESTROY while reads run: each fd stays open until its read lands, then closes', async () => {
+    const { server, client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const fdsOnLarge = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('/share/large.bin');
+      } catch {
+        return false; // the listing's own fd, gone by now
+      }
+    }).length;
+    const before = fdsOnLarge();
+    const a = await client.open(e.nodeid);
+    const b = await client.open(e.nodeid);
+    const ra = readLater(server, readRequest(e.nodeid, a.fh, 0, 1 << 20));
+    const rb = readLater(server, readRequest(e.nodeid, b.fh, 4096, 1 << 20));
+    await client.release(e.nodeid, a.fh);
+    expect(view.counts.handles).toBe(1);
+    await client.destroy();
+    expect(view.counts.handles).toBe(0);
+    expect(fdsOnLarge()).toBe(before + 2); // both reads still hold their fd
+    await expect(ra.done).resolves.toBe(16 + (1 << 20));
+    await expect(rb.done).resolves.toBe(16 + store.largeContent.length - 4096); // to EOF
+    expect(fdsOnLarge()).toBe(before);
+    view.close();
+  });
+
+  test('through a real ring: a batch of large and small READs, the large ones on the pool, all intact', async () => {
+    const view = new ClosureView({ storeDir: store.storeDir, paths: store.closure });
+    const server = new FuseServer(view);
+    let pending = 0;
+    const counting = {
+      handle: (q: number, sg: ScatterGather, complete?: Completion) => {
+        const r = server.handle(q, sg, complete);
+        if (r === PENDING) pending++;
+        return r;
+      },
+    };
+    const p = await backendPair({ regions: [{ gpa: 0, size: 16 << 20 }] }, { handler: counting });
+    try {
+      await p.fe.handshake();
+      const client = new FuseClient((readable, sizes) => p.fe.request(1, readable, sizes));
+      await client.init();
+      const e = await client.walk(`${store.names.app}/share/large.bin`);
+      const { fh } = await client.open(e.nodeid);
+      const reads = [[0, 131072], [5, 4096], [300_000, 262144], [1_000_000, 131072], [77, 100], [600_000, 131072]];
+      const done = await p.fe.batch(1, reads.map(([off, size]) => readRequest(e.nodeid, fh, off, size)).map((r) => ({ readable: r.readable, writableSizes: [16, r.writable[1].length] })));
+      done.forEach((c, i) => {
+        const [off, size] = reads[i];
+        const want = store.largeContent.subarray(off, off + size);
+        expect(c.written.readInt32LE(4)).toBe(0);
+        expect(c.usedLen).toBe(16 + want.length);
+        expect(c.written.subarray(16).equals(want)).toBe(true);
+      });
+      expect(pending).toBe(3); // the 128 KiB+ READs with others behind them; the last one in place
+    } finally {
+      p.close();
+      view.close();
+    }
+  });
+
+  test('a READ on an unknown fh is EBADF at once, never PENDING', async () => {
+    const { server, client, view } = setup();
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const req = readRequest(e.nodeid, 999, 0, 1 << 20);
+    expect(readLater(server, req).returned).toBe(16);
+    expect(req.writable[0].readInt32LE(4)).toBe(-Errno.EBADF);
     view.close();
   });
 });

@@ -3,6 +3,7 @@
  * suppression both ways (EVENT_IDX and flags), and how a broken ring stops.
  */
 import fc from 'fast-check';
+import { PENDING, type Completion, type RequestHandler, type ScatterGather } from '../../src/io';
 import { needEvent, Virtqueue } from '../../src/virtio/queue';
 import { VirtqueueConfigError } from '../../src/virtio/errors';
 import { GuestMemory } from '../../src/virtio/guest-memory';
@@ -147,6 +148,167 @@ describe('Virtqueue.drain', () => {
   it('an empty ring is a no-op without notification', () => {
     f = new RingFixture(16);
     expect(f.queue.drain(f.handler)).toEqual({ completed: 0, more: false, notified: false, error: null });
+  });
+});
+
+describe('Virtqueue: chains completed later (PENDING)', () => {
+  let f: RingFixture;
+  afterEach(() => f.close());
+
+  function chain(text: string, room = 16): number {
+    const [r, w] = f.driver.takeDescriptors(2);
+    f.table([
+      [r, { addr: f.put(text), len: text.length, flags: NEXT, next: w }],
+      [w, { addr: f.ram.alloc(room), len: room, flags: WRITE, next: 0 }],
+    ]);
+    return r;
+  }
+
+  /** Defers every chain it is allowed to, writing its request text as the reply once completed. */
+  class Deferring implements RequestHandler {
+    readonly offered: boolean[] = [];
+    readonly pending: { sg: ScatterGather; complete: Completion }[] = [];
+    handle(_q: number, sg: ScatterGather, complete?: Completion): number {
+      this.offered.push(complete !== undefined);
+      if (complete === undefined) return sg.readable[0].copy(sg.writable[0]);
+      this.pending.push({ sg, complete });
+      return PENDING;
+    }
+    finish(i: number): void {
+      const { sg, complete } = this.pending[i];
+      complete(sg.readable[0].copy(sg.writable[0]));
+    }
+  }
+
+  it('a lone chain is never offered a completion; with others behind it, each but the last is', () => {
+    f = new RingFixture(16);
+    const h = new Deferring();
+    f.driver.push(chain('alone'));
+    f.driver.publish(0);
+    f.queue.drain(h);
+    expect(h.offered).toEqual([false]);
+    const old = f.driver.availIdx;
+    const heads = [chain('a'), chain('b'), chain('c')];
+    for (const x of heads) f.driver.push(x);
+    f.driver.publish(old);
+    const r = f.queue.drain(h);
+    expect(h.offered).toEqual([false, true, true, false]);
+    // Popped and counted, but only the last one is in the used ring yet.
+    expect(r.completed).toBe(3);
+    expect(f.queue.inflight).toBe(2);
+    expect(f.driver.usedIdx()).toBe(2);
+    expect(f.driver.usedElem(1)).toEqual({ id: heads[2], len: 1 });
+  });
+
+  it('completions publish out of order, each with its own head and length, and notify; onIdle fires after the last', () => {
+    f = new RingFixture(16);
+    const h = new Deferring();
+    const heads = [chain('first'), chain('second'), chain('third')];
+    const old = f.driver.availIdx;
+    for (const x of heads) f.driver.push(x);
+    f.driver.publish(old);
+    f.queue.drain(h);
+    const notified = f.notifications;
+    h.finish(1);
+    expect(f.driver.usedIdx()).toBe(2);
+    expect(f.driver.usedElem(1)).toEqual({ id: heads[1], len: 'second'.length });
+    expect(f.notifications).toBe(notified + 1);
+    expect(f.idle).toBe(0);
+    h.finish(0);
+    expect(f.driver.usedElem(2)).toEqual({ id: heads[0], len: 'first'.length });
+    expect(f.queue.inflight).toBe(0);
+    expect(f.idle).toBe(1);
+  });
+
+  it('EVENT_IDX holds for completions too: no signal until used idx passes used_event', () => {
+    f = new RingFixture(16);
+    f.queue.eventIdx = true;
+    const h = new Deferring();
+    f.driver.setUsedEvent(2);
+    const old = f.driver.availIdx;
+    for (const x of [chain('a'), chain('b'), chain('c')]) f.driver.push(x);
+    f.driver.publish(old);
+    f.queue.drain(h); // used 0 (the last chain, served in place)
+    const before = f.notifications;
+    h.finish(0); // used 1
+    expect(f.notifications).toBe(before);
+    h.finish(1); // used 2: passes used_event 2
+    expect(f.notifications).toBe(before + 1);
+  });
+
+  it('a completion after the rings were reset is not published, but still counted down', () => {
+    f = new RingFixture(16);
+    const h = new Deferring();
+    const old = f.driver.availIdx;
+    for (const x of [chain('a'), chain('b')]) f.driver.push(x);
+    f.driver.publish(old);
+    f.queue.drain(h);
+    const used = f.driver.usedIdx();
+    f.queue.reset();
+    h.finish(0);
+    expect(f.driver.usedIdx()).toBe(used);
+    expect(f.queue.inflight).toBe(0);
+    expect(f.idle).toBe(1);
+  });
+
+  it('a second completion of one chain is ignored and logged; a bad length is clamped', () => {
+    f = new RingFixture(16);
+    const h = new Deferring();
+    const old = f.driver.availIdx;
+    for (const x of [chain('a', 8), chain('b')]) f.driver.push(x);
+    f.driver.publish(old);
+    f.queue.drain(h);
+    h.pending[0].complete(1000);
+    expect(f.driver.usedElem(1).len).toBe(8);
+    expect(f.log.find('error', 'impossible used length')).toHaveLength(1);
+    h.pending[0].complete(1);
+    expect(f.driver.usedIdx()).toBe(2);
+    expect(f.log.find('error', 'completed twice')).toHaveLength(1);
+    expect(f.queue.inflight).toBe(0);
+  });
+
+  it('a handler that completes in place and returns a length has answered once', () => {
+    f = new RingFixture(16);
+    const eager: RequestHandler = {
+      handle: (_q, sg, complete) => {
+        complete?.(2);
+        return complete === undefined ? 0 : 3;
+      },
+    };
+    const old = f.driver.availIdx;
+    for (const x of [chain('a'), chain('b')]) f.driver.push(x);
+    f.driver.publish(old);
+    expect(f.queue.drain(eager).completed).toBe(2);
+    expect(f.driver.usedIdx()).toBe(2);
+    expect(f.driver.usedElem(0).len).toBe(2);
+    expect(f.queue.inflight).toBe(0);
+  });
+
+  it('property: whatever order completions come in, every chain is used exactly once with its own length', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 2, max: 12 }), fc.infiniteStream(fc.nat()), (n, picks) => {
+        f = new RingFixture(32);
+        try {
+          const h = new Deferring();
+          const texts = Array.from({ length: n }, (_, i) => 'x'.repeat(i + 1));
+          const heads = texts.map((t) => chain(t));
+          for (const x of heads) f.driver.push(x);
+          f.driver.publish(0);
+          f.queue.drain(h);
+          const left = h.pending.map((_, i) => i);
+          const it = picks[Symbol.iterator]();
+          while (left.length > 0) h.finish(left.splice((it.next().value as number) % left.length, 1)[0]);
+          const used = Array.from({ length: n }, (_, i) => f.driver.usedElem(i));
+          expect(f.driver.usedIdx()).toBe(n);
+          expect(used.map((u) => u.id).sort((a, b) => a - b)).toEqual([...heads].sort((a, b) => a - b));
+          for (const u of used) expect(u.len).toBe(texts[heads.indexOf(u.id)].length);
+        } finally {
+          f.close();
+          f = new RingFixture(2); // afterEach closes one
+        }
+      }),
+      { numRuns: 50 },
+    );
   });
 });
 
