@@ -23,7 +23,8 @@
  *   fds, RSS: lower is better).
  *
  * Output: a markdown table on stdout, the JSON (all samples, medians, ratios, environment) in
- * bench-results/guest-<timestamp>.json.
+ * bench-results/guest-<timestamp>.json. CFS_SHOW_COUNTS=1 also prints closurefs' own count of the
+ * requests each boot sent (its "FUSE requests served" log line); CFS_DAEMON_ARGS adds closurefs flags.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -181,7 +182,7 @@ async function serve(col: Column, st: SyntheticStore, closure: string, opts: Opt
     closureFiles: [closure],
     socketDir,
     cache: opts.cache,
-    logLevel: 'warn',
+    logLevel: process.env.CFS_SHOW_COUNTS ? 'info' : 'warn',
   });
   return {
     daemon,
@@ -191,6 +192,7 @@ async function serve(col: Column, st: SyntheticStore, closure: string, opts: Opt
       if ((await daemon.waitExit(10_000)) === undefined) log(`${col} did not exit after the guest; stopping it`);
       const exit = await daemon.stop();
       if (exit.code !== 0) log(`${col} exited with ${JSON.stringify(exit)}:\n${daemon.output().slice(-2000)}`);
+      if (process.env.CFS_SHOW_COUNTS) log(daemon.output().split('\n').filter((l) => l.includes('requests served')).join('\n'));
       return daemon.output();
     },
   };

@@ -185,6 +185,8 @@ export class FuseServer implements RequestHandler {
   readonly #handlers: readonly (Handler | undefined)[];
   /** Requests served, by opcode (same indexing as #handlers). */
   readonly #served: number[];
+  /** READs handed to FileSystem.readAsync. */
+  #offloadedReads = 0;
   #initialized = false;
   /** Negotiated minor version (0 before INIT). */
   #minor = 0;
@@ -217,6 +219,7 @@ export class FuseServer implements RequestHandler {
     this.#served.forEach((n, opcode) => {
       if (n > 0) counts[OPCODE_NAMES.get(opcode) ?? String(opcode)] = n;
     });
+    if (this.#offloadedReads > 0) counts['READ off the main thread'] = this.#offloadedReads;
     return counts;
   }
 
@@ -548,6 +551,7 @@ export class FuseServer implements RequestHandler {
     const dst = r.out.views(size);
     if (r.complete !== undefined && size >= this.#offloadReadMin) {
       const readAsync = this.#fs.readAsync as NonNullable<FileSystem['readAsync']>;
+      this.#offloadedReads++;
       readAsync.call(this.#fs, r.ctx, r.header.nodeid, rd.fh, rd.offset, dst, (err, n) =>
         this.#finish(r, () => {
           if (err !== null) throw err;

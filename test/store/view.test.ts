@@ -576,6 +576,7 @@ describe('ClosureView reads off the main thread', () => {
         expect(c.written.subarray(16).equals(want)).toBe(true);
       });
       expect(pending).toBe(3); // the 128 KiB+ READs with others behind them; the last one in place
+      expect(server.requestCounts()).toMatchObject({ READ: 6, 'READ off the main thread': 3 });
     } finally {
       p.close();
       view.close();
