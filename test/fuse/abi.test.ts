@@ -2,7 +2,14 @@
  * Byte-exact codec tests: each fixture is written out from the struct layout in
  * linux/fuse.h (little-endian), independently of the codec under test.
  */
+import fc from 'fast-check';
 import {
+  getI32,
+  getU16,
+  getU32,
+  putU16,
+  putU32,
+  writeU64,
   AccessIn,
   Attr,
   AttrOut,
@@ -169,5 +176,37 @@ describe('FUSE ABI codecs, byte for byte', () => {
     expect(readU64(Buffer.from('ffffffffffffffff', 'hex'), 0)).toBe(Infinity);
     expect(readU64(Buffer.from('ffffffffffff1f00', 'hex'), 0)).toBe(Number.MAX_SAFE_INTEGER);
     expect(readU64(Buffer.from('0000000000002000', 'hex'), 0)).toBe(Infinity);
+  });
+});
+
+describe('hand-written little-endian fields', () => {
+  test('agree with Buffer on every byte pattern, and refuse to reach outside the buffer', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.nat({ max: 4 }), (bytes, off) => {
+        const b = Buffer.from(bytes);
+        expect(getU32(b, off)).toBe(b.readUInt32LE(off));
+        expect(getI32(b, off)).toBe(b.readInt32LE(off));
+        expect(getU16(b, off)).toBe(b.readUInt16LE(off));
+        const v = b.readUInt32LE(off);
+        const w = Buffer.alloc(8);
+        putU32(w, off, v);
+        putU16(w, 8 - 2, v & 0xffff);
+        const ref = Buffer.alloc(8);
+        ref.writeUInt32LE(v, off);
+        ref.writeUInt16LE(v & 0xffff, 8 - 2);
+        expect(w.equals(ref)).toBe(true);
+      }),
+    );
+    const w = Buffer.alloc(8);
+    putU32(w, 0, -2); // an errno as fuse_out_header.error
+    expect(w.readInt32LE(0)).toBe(-2);
+    for (const off of [5, -1, 8, NaN]) {
+      expect(() => putU32(w, off, 1)).toThrow(RangeError);
+      expect(() => getU32(w, off)).toThrow(RangeError);
+    }
+    expect(() => putU16(w, 7, 1)).toThrow(RangeError);
+    expect(() => getU16(w, 7)).toThrow(RangeError);
+    expect(() => writeU64(w, 1, 2 ** 40)).toThrow(RangeError);
+    expect(w.equals(Buffer.from([0xfe, 0xff, 0xff, 0xff, 0, 0, 0, 0]))).toBe(true); // nothing partial was written
   });
 });
