@@ -266,6 +266,8 @@ export class VhostUserSession extends EventEmitter {
   #holdMessages(): void {
     this.#messagesHeld = true;
     this.#watcher.stop();
+    // Until the messages are read, requests are served in place: the count in flight only falls.
+    for (const v of this.#vrings) v.queue.inPlaceOnly = true;
   }
 
   /** The last request in flight completed: unmap what close() left, or read the messages held back. */
@@ -277,6 +279,7 @@ export class VhostUserSession extends EventEmitter {
     }
     if (!this.#messagesHeld) return;
     this.#messagesHeld = false;
+    for (const v of this.#vrings) v.queue.inPlaceOnly = false;
     this.#watcher.start();
     setImmediate(() => {
       if (!this.#closed) this.#onReadable();

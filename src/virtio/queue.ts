@@ -83,6 +83,11 @@ export class Virtqueue {
   #used: Buffer | null = null;
   /** EVENT_IDX negotiated: use used_event/avail_event instead of the flags (§2.7.7, §2.7.10). */
   eventIdx = false;
+  /**
+   * Serve every chain in place, offering no completion: set by an owner that waits
+   * for `inflight` to reach 0, so that a steady stream of batches cannot keep it above.
+   */
+  inPlaceOnly = false;
   #nextAvail = 0;
   #nextUsed = 0;
   #broken: ClosurefsError | null = null;
@@ -263,7 +268,7 @@ export class Virtqueue {
       const chain = walkChain(this.#memory, this.#desc as DataView, this.#size, head);
       this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
       n++;
-      const more = n < budget && this.#nextAvail !== availIdx;
+      const more = n < budget && this.#nextAvail !== availIdx && !this.inPlaceOnly;
       const written = more ? this.#serveChainAsync(handler, chain) : this.#serveChain(handler, chain);
       if (written !== PENDING) this.#addUsed(head, written);
     }

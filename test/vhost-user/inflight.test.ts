@@ -51,6 +51,27 @@ describe('requests in flight and the vhost-user session', () => {
     expect((await done).map((c) => c.written.toString())).toEqual(['one', 'two', 'three']);
   });
 
+  it('while a message waits, new batches are served in place, so the requests in flight can only run out', async () => {
+    const handler = new HoldingHandler();
+    p = await backendPair({}, { handler });
+    await p.fe.handshake();
+    const first = p.fe.batch(1, ['a', 'b'].map((t) => ({ readable: [Buffer.from(t)], writableSizes: [16] })));
+    await until(() => handler.held.length === 1);
+    const synced = p.fe.sync(); // a message: held while 'a' is in flight
+    await tick();
+    const second = await p.fe.batch(1, ['c', 'd', 'e'].map((t) => ({ readable: [Buffer.from(t)], writableSizes: [16] })));
+    expect(second.map((c) => c.written.toString())).toEqual(['c', 'd', 'e']);
+    expect(handler.held).toHaveLength(1); // none of c, d, e was held
+    handler.release();
+    await synced;
+    await first;
+    // With nothing in flight and the message read, batches may be held again.
+    const third = p.fe.batch(1, ['f', 'g'].map((t) => ({ readable: [Buffer.from(t)], writableSizes: [16] })));
+    await until(() => handler.held.length === 1);
+    handler.release();
+    expect((await third).map((c) => c.written.toString())).toEqual(['f', 'g']);
+  });
+
   it('a frontend that hangs up mid-request is noticed once the requests in flight complete', async () => {
     const handler = new HoldingHandler();
     p = await backendPair({}, { handler });
