@@ -129,6 +129,12 @@ export class Virtqueue {
     return this.#inflight;
   }
 
+  /** The driver has made chains available that drain() has not served (unchecked: drain() validates them). */
+  get hasAvailable(): boolean {
+    if (this.#broken !== null || !this.ready) return false;
+    return (this.#avail as Buffer).readUInt16LE(2) !== this.#nextAvail;
+  }
+
   /** Size set and all three rings translated to views of guest memory. */
   get ready(): boolean {
     // All three views are made together; a detached mapping reads as length 0 (a DataView would throw).

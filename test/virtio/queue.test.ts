@@ -145,6 +145,17 @@ describe('Virtqueue.drain', () => {
     expect(f.log.find('error', 'impossible used length')).toHaveLength(1);
   });
 
+  it('hasAvailable says whether the driver published chains drain() has not served', () => {
+    f = new RingFixture(16);
+    expect(f.queue.hasAvailable).toBe(false);
+    const old = f.driver.availIdx;
+    f.driver.push(chain('a'));
+    f.driver.publish(old);
+    expect(f.queue.hasAvailable).toBe(true);
+    f.queue.drain(f.handler);
+    expect(f.queue.hasAvailable).toBe(false);
+  });
+
   it('an empty ring is a no-op without notification', () => {
     f = new RingFixture(16);
     expect(f.queue.drain(f.handler)).toEqual({ completed: 0, more: false, notified: false, error: null });
