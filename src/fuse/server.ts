@@ -152,13 +152,16 @@ const SLASH = 0x2f;
 /** The NUL-terminated name at the reader's position; validated as one path component. */
 function readName(r: ChainReader): Buffer {
   const rest = r.readRest();
-  const end = rest.indexOf(0);
-  if (end < 0) throw new FuseDecodeError('name without NUL');
+  // One pass for the NUL and any '/': a name is a few bytes, and Buffer's indexOf and
+  // includes each cost a call into C++ on every LOOKUP.
+  let end = 0;
+  let slash = false;
+  for (; end < rest.length && rest[end] !== 0; end++) if (rest[end] === SLASH) slash = true;
+  if (end === rest.length) throw new FuseDecodeError('name without NUL');
   if (end === 0) throw new FuseDecodeError('empty name');
-  const name = rest.subarray(0, end);
-  if (name.includes(SLASH)) throw new FuseDecodeError("name contains '/'");
-  if (name.length > FUSE_NAME_MAX) throw new FuseDecodeError('name too long', Errno.ENAMETOOLONG);
-  return name;
+  if (slash) throw new FuseDecodeError("name contains '/'");
+  if (end > FUSE_NAME_MAX) throw new FuseDecodeError('name too long', Errno.ENAMETOOLONG);
+  return rest.subarray(0, end);
 }
 
 /** A mapper's answer as an Outcome: 0, or a positive errno whichever sign it came with. */

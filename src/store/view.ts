@@ -26,6 +26,7 @@ import type { FuseLogger } from '../fuse/server';
 import { isErrnoError } from '../errors';
 import * as native from '../native';
 import { HandleTable, Lru } from './handles';
+import { NameCache } from './names';
 import { Listing, type ListedEntry, type NamedEntry } from './listing';
 import { identityFromParts, identityOf, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
@@ -169,13 +170,8 @@ export class ClosureView extends FileSystem {
   readonly #handles: HandleTable<Handle>;
   readonly #dirFds: Lru<Identity, number>;
   readonly #listings: Lru<Identity, Listing>;
-  /**
-   * What a (directory identity, name) resolved to. The store never changes, so the answer
-   * stays right; a guest with short entry timeouts (cache=auto revalidates every second)
-   * asks the same names again and again. Only a hint: an identity with no live node is
-   * looked up again with statx.
-   */
-  readonly #names: Lru<string, Identity>;
+  /** What a name in a directory resolved to: only a hint, an inode number with no live node is looked up again. */
+  readonly #names: NameCache;
   readonly #log: Pick<FuseLogger, 'warn'> | undefined;
   #rootAttr: Attr | undefined;
   #stats: ClosureStats | undefined;
@@ -194,7 +190,7 @@ export class ClosureView extends FileSystem {
     this.#handles = new HandleTable(opts.maxHandles ?? 1024);
     this.#dirFds = new Lru(opts.dirFdCacheSize ?? 32, (fd) => native.closeQuietly(fd));
     this.#listings = new Lru(opts.listingCacheSize ?? 16, () => {});
-    this.#names = new Lru(opts.nameCacheSize ?? 4096, () => {});
+    this.#names = new NameCache(opts.nameCacheSize ?? 4096);
     this.#log = opts.logger;
     const root: Node = {
       nodeid: ROOT_NODEID, nlookup: 0, parent: undefined, name: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
@@ -249,13 +245,12 @@ export class ClosureView extends FileSystem {
     const dir = this.#node(parent);
     const fixed = this.#resolveWithoutHost(dir, name);
     if (fixed !== undefined) return this.#entry(fixed);
-    const latin1 = name.toString('latin1');
-    const key = `${dir.identity}/${latin1}`;
-    const known = this.#names.get(key);
-    const cached = known === undefined ? undefined : this.#nodes.byIdentity(known);
+    const known = this.#names.get(dir.nodeid, name);
+    const cached = known === undefined ? undefined : this.#nodes.get(known);
     if (cached !== undefined) return this.#entry(this.#nodes.ref(cached));
+    const latin1 = name.toString('latin1');
     const node = this.#statNode(dir, name, latin1);
-    this.#names.set(key, node.identity);
+    this.#names.set(dir.nodeid, name, latin1, node.nodeid);
     return this.#entry(node);
   }
 

@@ -234,6 +234,8 @@ describe('names', () => {
     ['no NUL', Buffer.from('abc'), Errno.EINVAL],
     ['empty', Buffer.from([0]), Errno.EINVAL],
     ['a slash', cName('a/b'), Errno.EINVAL],
+    ['a slash, then more bytes', cName('/abcdef'), Errno.EINVAL],
+    ['a slash and no NUL', Buffer.from('a/b'), Errno.EINVAL],
     ['256 bytes', cName('x'.repeat(256)), Errno.ENAMETOOLONG],
   ])('LOOKUP with %s is rejected before the FileSystem sees it', async (_what, body, errno) => {
     const { fs, client } = await setup();
@@ -243,7 +245,7 @@ describe('names', () => {
 
   test('the name ends at the first NUL; bytes are passed through unchanged', async () => {
     const { fs, client } = await setup();
-    await client.call(Opcode.LOOKUP, 1, [Buffer.from([0xff, 0x0a, 0x20, 0, 0x41, 0])], 128);
+    await client.call(Opcode.LOOKUP, 1, [Buffer.from([0xff, 0x0a, 0x20, 0, 0x41, 0x2f, 0])], 128);
     expect(fs.calls).toContain('lookup 1 ff0a20');
   });
 });
