@@ -27,6 +27,7 @@ import {
   GetxattrIn,
   GetxattrOut,
   InHeader,
+  putOutHeader,
   INIT_IN_COMPAT_SIZE,
   INIT_OUT_COMPAT_22_SIZE,
   InitFlag,
@@ -41,6 +42,7 @@ import {
   OutHeader,
   ReadIn,
   ReleaseIn,
+  RequestHeader,
   RemoveMappingIn,
   RemoveMappingOne,
   SetupMappingIn,
@@ -126,7 +128,7 @@ type Outcome = number;
 const DEFAULT_OFFLOAD_READ_MIN = 64 * 1024;
 
 interface Request {
-  header: InHeader;
+  header: RequestHeader;
   ctx: RequestContext;
   in: ChainReader;
   /** The payload area: the writable buffers from byte 16 on. */
@@ -231,28 +233,28 @@ export class FuseServer implements RequestHandler {
     try {
       readable = totalLength(request.readable);
     } catch {
-      return this.#replyError(request, 0n, Errno.EINVAL);
+      return this.#replyError(request, null, Errno.EINVAL);
     }
     if (readable < InHeader.SIZE) {
       // No header means no unique to answer to; the virtio transport matches replies by chain, not by unique.
       this.#log.warn({ queueIndex, readable }, 'FUSE request shorter than fuse_in_header');
-      return this.#replyError(request, 0n, Errno.EINVAL);
+      return this.#replyError(request, null, Errno.EINVAL);
     }
     const reader = new ChainReader(request.readable);
-    const header = reader.read(InHeader);
+    const header = reader.read(RequestHeader);
     if (header.len !== readable) {
       this.#log.warn({ queueIndex, len: header.len, readable, opcode: header.opcode }, 'fuse_in_header.len disagrees with the chain');
-      return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header.unique, Errno.EINVAL);
+      return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header, Errno.EINVAL);
     }
     return this.#dispatch(queueIndex, header, reader, request, complete);
   }
 
-  #dispatch(queueIndex: number, header: InHeader, reader: ChainReader, request: ScatterGather, complete: Completion | undefined): number {
+  #dispatch(queueIndex: number, header: RequestHeader, reader: ChainReader, request: ScatterGather, complete: Completion | undefined): number {
     const handler = header.opcode < this.#handlers.length ? this.#handlers[header.opcode] : undefined;
-    if (handler === undefined) return this.#replyError(request, header.unique, Errno.ENOSYS);
+    if (handler === undefined) return this.#replyError(request, header, Errno.ENOSYS);
     this.#served[header.opcode]++;
     if (!this.#initialized && header.opcode !== Opcode.INIT) {
-      return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header.unique, Errno.EIO);
+      return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header, Errno.EIO);
     }
     const out = new ChainWriter(request.writable, OutHeader.SIZE);
     let outcome: Outcome;
@@ -268,11 +270,11 @@ export class FuseServer implements RequestHandler {
   }
 
   /** Writes the reply header for an outcome; the bytes the chain now holds. */
-  #reply(header: InHeader, out: ChainWriter, request: ScatterGather, outcome: Outcome): number {
+  #reply(header: RequestHeader, out: ChainWriter, request: ScatterGather, outcome: Outcome): number {
     // FORGET and friends never get a reply, not even an error one: the guest is not waiting for it.
     if (outcome === NO_REPLY || this.#isNoReply(header.opcode)) return 0;
-    if (outcome !== OK) return this.#replyError(request, header.unique, outcome);
-    return this.#replyOk(request, header.unique, out.bytesWritten);
+    if (outcome !== OK) return this.#replyError(request, header, outcome);
+    return this.#replyOk(request, header, out.bytesWritten);
   }
 
   /**
@@ -296,7 +298,7 @@ export class FuseServer implements RequestHandler {
     (r.complete as Completion)(written);
   }
 
-  #errnoFor(e: unknown, queueIndex: number, header: InHeader): number {
+  #errnoFor(e: unknown, queueIndex: number, header: RequestHeader): number {
     const errno = errnoOf(e);
     if (errno !== undefined) {
       if (e instanceof FuseDecodeError) this.#log.debug({ queueIndex, opcode: header.opcode, err: e.message }, 'bad FUSE request');
@@ -311,29 +313,31 @@ export class FuseServer implements RequestHandler {
   }
 
   /** Writes fuse_out_header for a successful reply whose payload is already in place. */
-  #replyOk(request: ScatterGather, unique: bigint, payloadLen: number): number {
-    return this.#writeHeader(request, { len: OutHeader.SIZE + payloadLen, error: 0, unique });
+  #replyOk(request: ScatterGather, h: RequestHeader, payloadLen: number): number {
+    return this.#writeHeader(request, OutHeader.SIZE + payloadLen, 0, h.uniqueLo, h.uniqueHi);
   }
 
-  /** Writes a header-only error reply. */
-  #replyError(request: ScatterGather, unique: bigint, errno: number): number {
-    return this.#writeHeader(request, { len: OutHeader.SIZE, error: -errno, unique });
+  /** Writes a header-only error reply (unique 0 when the request had no header to take it from). */
+  #replyError(request: ScatterGather, h: RequestHeader | null, errno: number): number {
+    return this.#writeHeader(request, OutHeader.SIZE, -errno, h === null ? 0 : h.uniqueLo, h === null ? 0 : h.uniqueHi);
   }
 
-  #writeHeader(request: ScatterGather, h: OutHeader): number {
-    // The guest gives the header a buffer of its own: encode in place, no cursor needed.
+  #writeHeader(request: ScatterGather, len: number, error: number, uniqueLo: number, uniqueHi: number): number {
+    // The guest gives the header a buffer of its own: written in place, no cursor needed.
     const first = request.writable[0];
     if (first !== undefined && first.length >= OutHeader.SIZE) {
-      OutHeader.encode(h, first, 0);
-      return h.len;
+      putOutHeader(first, 0, len, error, uniqueLo, uniqueHi);
+      return len;
     }
     const w = new ChainWriter(request.writable);
     if (w.available < OutHeader.SIZE) {
       this.#log.warn({ writable: w.available }, 'no room for fuse_out_header; request dropped without reply');
       return 0;
     }
-    w.write(OutHeader, h);
-    return h.len;
+    const bytes = Buffer.alloc(OutHeader.SIZE);
+    putOutHeader(bytes, 0, len, error, uniqueLo, uniqueHi);
+    w.writeBytes(bytes);
+    return len;
   }
 
   // ---- the table -------------------------------------------------------------------

@@ -7,6 +7,7 @@ import {
   getI32,
   getU16,
   getU32,
+  putOutHeader,
   putU16,
   putU32,
   writeU64,
@@ -29,6 +30,7 @@ import {
   OpenIn,
   OpenOut,
   OutHeader,
+  RequestHeader,
   ReadIn,
   ReleaseIn,
   RemoveMappingIn,
@@ -81,6 +83,26 @@ describe('FUSE ABI codecs, byte for byte', () => {
 
   test('fuse_out_header (16): error is a negative errno', () => {
     expectCodec(OutHeader, { len: 16, error: -2, unique: 5n }, hex('10000000', 'feffffff', '0500000000000000'));
+  });
+
+  test('the server side of the headers: unique as two halves, echoed byte for byte', () => {
+    const bytes = hex('38000000', '01000000', '0807060504030201', '0100000000000000', 'e8030000', '64000000', '2a000000', '0000', '0000');
+    expectCodec(RequestHeader, { len: 0x38, opcode: 1, uniqueLo: 0x05060708, uniqueHi: 0x01020304, nodeid: 1, uid: 1000, gid: 100, pid: 42, totalExtlen: 0 }, bytes);
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), fc.nat({ max: 2 ** 31 }), fc.integer({ min: -4095, max: 0 }), (unique, len, error) => {
+        const req = Buffer.alloc(40);
+        InHeader.encode({ len: 40, opcode: 1, unique, nodeid: 1, uid: 0, gid: 0, pid: 0, totalExtlen: 0 }, req, 0);
+        const h = RequestHeader.decode(req, 0);
+        const mine = Buffer.alloc(16);
+        putOutHeader(mine, 0, len, error, h.uniqueLo, h.uniqueHi);
+        const ref = Buffer.alloc(16);
+        OutHeader.encode({ len, error, unique }, ref, 0);
+        expect(mine.equals(ref)).toBe(true);
+      }),
+    );
+    const short = Buffer.alloc(20);
+    expect(() => putOutHeader(short, 8, 16, 0, 1, 2)).toThrow(RangeError);
+    expect(short.equals(Buffer.alloc(20))).toBe(true); // nothing partial was written
   });
 
   test('fuse_init_in (64) as the Debian 6.1 guest sends it', () => {
