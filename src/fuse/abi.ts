@@ -198,15 +198,19 @@ export function readU64(b: Buffer, off: number): number {
 
 /** Writes a non-negative safe integer as u64 (callers pass our own values only). */
 export function writeU64(b: Buffer, off: number, v: number): void {
-  if (!(off >= 0 && off + 8 <= b.length)) throw outOfBounds(b, off, 8); // before either half is written
-  if (v >>> 0 === v) {
-    // Most values (sizes, inode numbers, times) fit 32 bits: no division on the hot path.
-    putU32(b, off, v);
-    putU32(b, off + 4, 0);
-    return;
-  }
-  putU32(b, off, v % TWO_32 >>> 0);
-  putU32(b, off + 4, Math.floor(v / TWO_32) >>> 0);
+  if (!(off >= 0 && off + 8 <= b.length)) throw outOfBounds(b, off, 8); // before any byte is written
+  // Most values (sizes, inode numbers, times) fit 32 bits: no division on the hot path.
+  const small = v >>> 0 === v;
+  const lo = small ? v : v % TWO_32 >>> 0;
+  const hi = small ? 0 : Math.floor(v / TWO_32) >>> 0;
+  b[off] = lo;
+  b[off + 1] = lo >>> 8;
+  b[off + 2] = lo >>> 16;
+  b[off + 3] = lo >>> 24;
+  b[off + 4] = hi;
+  b[off + 5] = hi >>> 8;
+  b[off + 6] = hi >>> 16;
+  b[off + 7] = hi >>> 24;
 }
 
 export interface Codec<T> {

@@ -6,6 +6,7 @@
  * straddles two buffers goes through a small scratch copy; one that lies inside
  * a buffer is decoded or encoded in place.
  */
+import { Buffer } from 'node:buffer';
 import type { Codec } from './abi';
 import { FuseDecodeError, FuseReplyOverflowError, InternalInvariantError } from './errno';
 

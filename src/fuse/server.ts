@@ -7,6 +7,7 @@
  * handle() never throws: a malformed request gets an errno reply (or, when not
  * even a reply header fits, nothing), a FileSystem bug gets EIO and a log line.
  */
+import { Buffer } from 'node:buffer';
 import { PENDING, type Completion, type RequestHandler, type ScatterGather } from '../io';
 import {
   AccessIn,

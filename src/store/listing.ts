@@ -8,6 +8,7 @@
  * directory (each typed array carries its own buffer object). The entries handed to
  * READDIR are made on the fly and die young.
  */
+import { Buffer } from 'node:buffer';
 import type { DirEntry } from '../fuse/filesystem';
 import * as native from '../native';
 import type { Identity } from './nodes';

@@ -11,6 +11,8 @@
  * Descriptor layout (16 bytes, little endian):
  *   le64 addr; le32 len; le16 flags; le16 next;
  */
+// Node's global Buffer is a getter: the module binding saves a call per use on the request path.
+import { Buffer } from 'node:buffer';
 import type { ScatterGather } from '../io';
 import { ADDRESS_LIMIT, GuestMemory } from './guest-memory';
 import { DescriptorChainError, GuestMemoryError, type ChainRule } from './errors';

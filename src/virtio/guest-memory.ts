@@ -18,6 +18,7 @@
  * u64 fields of the wire format) is checked to be below 2^53 first, so the
  * arithmetic here is exact.
  */
+import { Buffer } from 'node:buffer';
 import * as native from '../native';
 import { GuestMemoryError, MemoryTableError } from './errors';
 

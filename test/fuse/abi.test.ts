@@ -219,6 +219,16 @@ describe('hand-written little-endian fields', () => {
         expect(w.equals(ref)).toBe(true);
       }),
     );
+    fc.assert(
+      fc.property(fc.maxSafeNat(), fc.nat({ max: 8 }), (v, off) => {
+        const mine = Buffer.alloc(16, 0xaa);
+        writeU64(mine, off, v);
+        const ref = Buffer.alloc(16, 0xaa);
+        ref.writeBigUInt64LE(BigInt(v), off);
+        expect(mine.equals(ref)).toBe(true);
+        expect(readU64(mine, off)).toBe(v);
+      }),
+    );
     const w = Buffer.alloc(8);
     putU32(w, 0, -2); // an errno as fuse_out_header.error
     expect(w.readInt32LE(0)).toBe(-2);
