@@ -54,6 +54,8 @@ export interface DaemonOptions {
    * UV_THREADPOOL_SIZE).
    */
   threadPoolSize?: number;
+  /** Longest a served queue is polled for its next request before sleeping (us); 0 never polls. */
+  pollMaxUs: number;
   /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
   ignored: string[];
 }
@@ -65,6 +67,7 @@ export type ParseResult =
 
 const DEFAULT_STORE = '/nix/store';
 const TAG_MAX = 36; // virtio-fs config space: tag[36]
+const POLL_MAX_US_LIMIT = 10_000;
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -118,6 +121,7 @@ function buildCommand(): Command {
     .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
     .option('--thread-pool-size <n>', 'threads for large reads that arrive together; 0: every request on the main thread (default 4)', positiveIntOrZero('--thread-pool-size'))
+    .option('--poll-max-us <n>', `poll a queue this long for its next request before sleeping until a kick, adapting to the guest; 0: never (at most ${POLL_MAX_US_LIMIT})`, positiveIntOrZero('--poll-max-us'), 32)
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
@@ -237,6 +241,9 @@ function validate(o: Record<string, unknown>): DaemonOptions {
   const pool = o.threadPoolSize as number | undefined;
   // libuv's own limit (MAX_THREADPOOL_SIZE): above it the size would be silently capped.
   if (pool !== undefined && pool > 1024) throw new UsageError(`--thread-pool-size must be at most 1024, got ${pool}`);
+  const pollMaxUs = o.pollMaxUs as number;
+  // A poll holds the event loop (the socket, signals, the other queues) for its whole window.
+  if (pollMaxUs > POLL_MAX_US_LIMIT) throw new UsageError(`--poll-max-us must be at most ${POLL_MAX_US_LIMIT}, got ${pollMaxUs}`);
   const ignored = [...compatFlagsGiven(o), ...legacy.ignored];
   return {
     socketPath: o.socketPath as string | undefined,
@@ -254,6 +261,7 @@ function validate(o: Record<string, unknown>): DaemonOptions {
     maxOpenFiles: o.maxOpenFiles as number,
     daxWindow: o.daxWindow as number | undefined,
     threadPoolSize: o.threadPoolSize as number | undefined,
+    pollMaxUs,
     ignored,
   };
 }

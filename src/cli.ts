@@ -63,7 +63,7 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
       shmemSizes: opts.daxWindow === undefined ? undefined : [opts.daxWindow],
       reset: () => dax?.reset(),
     },
-    { logger },
+    { logger, pollMaxNs: opts.pollMaxUs * 1000 },
   );
   session.once('close', () => {
     view.close();

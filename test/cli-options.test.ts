@@ -56,6 +56,15 @@ test('--thread-pool-size: 0 keeps every request on the main thread; libuv caps t
   expect(() => run([...base, '--thread-pool-size', '-1'])).toThrow(/non-negative integer/);
 });
 
+test('--poll-max-us: 32 by default, 0 turns polling off, at most 10 ms', () => {
+  const base = ['--socket-path', 's', '--closure', 'c'];
+  expect(run(base).pollMaxUs).toBe(32);
+  expect(run([...base, '--poll-max-us', '0']).pollMaxUs).toBe(0);
+  expect(run([...base, '--poll-max-us', '10000']).pollMaxUs).toBe(10_000);
+  expect(() => run([...base, '--poll-max-us', '10001'])).toThrow(/--poll-max-us must be at most 10000, got 10001/);
+  expect(() => run([...base, '--poll-max-us', '2.5'])).toThrow(/--poll-max-us must be a non-negative integer, got '2.5'/);
+});
+
 test('legacy -o source=DIR,cache=MODE form', () => {
   const o = run(['--socket-path', 's', '-o', 'source=/srv/store,cache=none,xattr', '--closure', 'c']);
   expect(o.storeDir).toBe('/srv/store');

@@ -13,6 +13,7 @@
  * Nothing thrown here escapes into the event loop.
  */
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import * as native from '../native';
 import type { RequestHandler } from '../io';
 import { ClosurefsError } from '../errors';
@@ -21,6 +22,7 @@ import { MemoryTableError, VirtqueueConfigError } from '../virtio/errors';
 import { Virtqueue } from '../virtio/queue';
 import { silentLogger, type Logger } from '../virtio/logger';
 import { BackendChannel } from './backend-channel';
+import { AdaptivePoll, DEFAULT_POLL_MAX_NS } from './poll';
 import { MessageReader, encodeMessage, u64Payload, type VhostUserMessage } from './codec';
 import { ENOENT, ENOTSUP, EINVAL, VhostUserProtocolError, VhostUserRequestError } from './errors';
 import {
@@ -71,6 +73,11 @@ export interface VhostUserSessionOptions {
   logger?: Logger;
   /** Ack timeout of the backend channel. */
   backendTimeoutMs?: number;
+  /**
+   * Longest a served vring is polled for its next request before the session sleeps
+   * until a kick (see AdaptivePoll); 0 never polls. Default 32 us.
+   */
+  pollMaxNs?: number;
 }
 
 /** virtio-fs config space (§5.11.4): u8 tag[36]; le32 num_request_queues. */
@@ -103,7 +110,12 @@ class Vring {
   addressesSet = false;
   watcher: native.FdWatcher | null = null;
   pendingDrain: NodeJS.Immediate | null = null;
-  constructor(readonly queue: Virtqueue) {}
+  /** performance.now() when the queue last went quiet after being served; NaN when not tracked. */
+  quietSince = NaN;
+  constructor(
+    readonly queue: Virtqueue,
+    readonly poll: AdaptivePoll,
+  ) {}
 }
 
 export class VhostUserSession extends EventEmitter {
@@ -111,6 +123,7 @@ export class VhostUserSession extends EventEmitter {
   readonly #device: VhostUserDevice;
   readonly #log: Logger;
   readonly #backendTimeoutMs: number | undefined;
+  readonly #pollMaxNs: number;
   readonly #reader = new MessageReader();
   readonly #watcher: native.FdWatcher;
   readonly #memory = new GuestMemory({ maxRegions: MAX_MEM_SLOTS });
@@ -138,6 +151,7 @@ export class VhostUserSession extends EventEmitter {
     this.#device = device;
     this.#log = opts.logger ?? silentLogger;
     this.#backendTimeoutMs = opts.backendTimeoutMs;
+    this.#pollMaxNs = opts.pollMaxNs ?? DEFAULT_POLL_MAX_NS;
     this.#config = device.tag === undefined ? null : fsConfig(device.tag, device.numQueues - 1);
     this.#offeredProtocol =
       OFFERED_PROTOCOL_FEATURES | (this.#config ? ProtocolFeature.CONFIG : 0n) | (device.shmemSizes?.length ? ProtocolFeature.SHMEM : 0n);
@@ -506,7 +520,7 @@ export class VhostUserSession extends EventEmitter {
   #newVring(index: number): Vring {
     let v: Vring | null = null;
     const queue = new Virtqueue({ index, memory: this.#memory, logger: this.#log, notify: () => this.#notify(v as Vring), onIdle: () => this.#onQueuesIdle() });
-    v = new Vring(queue);
+    v = new Vring(queue, new AdaptivePoll(this.#pollMaxNs));
     return v;
   }
 
@@ -547,7 +561,16 @@ export class VhostUserSession extends EventEmitter {
    * publishes avail idx before it kicks, so looking once more after the read finds it.
    */
   #onKick(v: Vring): void {
-    this.#drain(v);
+    // How long the queue stayed quiet before this kick tells the poll window whether it would have caught it.
+    if (!Number.isNaN(v.quietSince)) v.poll.observe((performance.now() - v.quietSince) * 1e6);
+    v.quietSince = NaN;
+    let served = this.#drain(v);
+    // Bounded by the queue size per wake-up, so a guest that never pauses cannot keep the loop from its other work.
+    while (served > 0 && served < v.queue.size && this.#pollForMore(v)) {
+      const n = this.#drain(v);
+      if (n === 0) break;
+      served += n;
+    }
     if (v.kickFd < 0) return;
     try {
       native.eventfdRead(v.kickFd);
@@ -556,15 +579,48 @@ export class VhostUserSession extends EventEmitter {
       v.watcher?.stop();
       return;
     }
-    // A drain already scheduled (budget spent) covers it and keeps the queue from hogging the loop.
+    // The read may have swallowed a kick for a chain added after the drain's last look (the driver
+    // publishes avail idx before it kicks), so look once more. A drain already scheduled (budget
+    // spent) covers it and keeps the queue from hogging the loop.
     if (v.pendingDrain === null && v.queue.hasAvailable) this.#drain(v);
   }
 
-  #drain(v: Vring): void {
-    if (!(v.started && v.enabled) || this.#closed) return;
+  /**
+   * Watches the available ring for up to the vring's poll window; true as soon as a
+   * chain is there. Not while requests are out on other threads: their completions
+   * come through the event loop this would hold up.
+   */
+  #pollForMore(v: Vring): boolean {
+    const start = performance.now();
+    v.quietSince = start;
+    const windowNs = v.poll.windowNs;
+    if (windowNs === 0 || v.pendingDrain !== null || v.queue.inflight > 0 || v.kickFd < 0 || !this.#serving(v)) return false;
+    const deadline = start + windowNs / 1e6;
+    for (let now = start; now < deadline; now = performance.now()) {
+      if (v.queue.hasAvailable) {
+        v.poll.observe((now - start) * 1e6);
+        v.quietSince = NaN;
+        return true;
+      }
+    }
+    return false;
+  }
+
+
+  /** Serves what the vring has available; returns how many chains completed. */
+  #drain(v: Vring): number {
+    if (!this.#serving(v)) return 0;
     const r = v.queue.drain(this.#device.handler);
-    if (r.error !== null) return this.#broken(v, r.error);
+    if (r.error !== null) {
+      this.#broken(v, r.error);
+      return r.completed;
+    }
     if (r.more) this.#scheduleDrain(v);
+    return r.completed;
+  }
+
+  #serving(v: Vring): boolean {
+    return v.started && v.enabled && !this.#closed;
   }
 
   #scheduleDrain(v: Vring): void {

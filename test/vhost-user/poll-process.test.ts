@@ -1,0 +1,115 @@
+/**
+ * Polling against a closurefs process. After serving a request the daemon keeps
+ * watching the ring for a while when requests have been coming back to back, so a
+ * chain published then is served without a kick; with --poll-max-us 0 it sleeps
+ * at once and such a chain waits for its kick, as the virtio spec lets a device do.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { nixFixture } from '../fixtures/nix/store';
+import { startDaemon, type RunningDaemon } from '../../vm-fixtures/daemons';
+import { Frontend, type Completion } from '../harness/frontend';
+import { FuseClient, encode } from '../harness/fuse-client';
+import { GetattrIn, Opcode } from '../../src/fuse/abi';
+
+const GETATTR = encode(GetattrIn, { getattrFlags: 0, fh: 0 });
+
+interface Setup {
+  daemon: RunningDaemon;
+  fe: Frontend;
+  dir: string;
+}
+
+async function start(pollMaxUs: number): Promise<Setup> {
+  const fx = nixFixture();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cfs-poll-'));
+  const daemon = await startDaemon({
+    kind: 'closurefs',
+    storeDir: fx.storeDir,
+    closureFiles: [fx.closureFile],
+    socketDir: dir,
+    logLevel: 'warn',
+    extraArgs: ['--poll-max-us', String(pollMaxUs)],
+  });
+  const fe = await Frontend.connect(daemon.socket, { connectTimeoutMs: 10_000, timeoutMs: 5_000 });
+  await fe.handshake();
+  await new FuseClient((readable, sizes) => fe.request(1, readable, sizes)).init();
+  return { daemon, fe, dir };
+}
+
+async function stop(s: Setup | undefined): Promise<void> {
+  if (s === undefined) return;
+  s.fe.close();
+  await s.daemon.stop();
+  fs.rmSync(s.dir, { recursive: true, force: true });
+}
+
+/** GETATTRs, each a few ms after the last reply: quiet times the window grows to cover. */
+async function paced(fe: Frontend, n: number): Promise<void> {
+  const client = new FuseClient((readable, sizes) => fe.request(1, readable, sizes));
+  for (let i = 0; i < n; i++) {
+    expect((await client.request(Opcode.GETATTR, 1, [GETATTR], 104)).header.error).toBe(0);
+    await sleep(2);
+  }
+}
+
+/** Publishes one GETATTR without kicking; resolves whether it was answered within `ms`, then kicks if not. */
+async function servedWithoutKick(fe: Frontend, ms: number): Promise<boolean> {
+  const dq = fe.queue(1);
+  let done: Promise<Completion> | undefined;
+  const client = new FuseClient((readable, writableSizes) => {
+    const old = dq.availIdx;
+    done = fe.submit(1, { readable, writableSizes });
+    dq.publish(old);
+    return done;
+  });
+  const reply = client.request(Opcode.GETATTR, 1, [GETATTR], 104);
+  const answered = await Promise.race([reply.then(() => true), sleep(ms).then(() => false)]);
+  if (!answered) fe.kick(1);
+  expect((await reply).header.error).toBe(0);
+  return answered;
+}
+
+describe('with polling (--poll-max-us 10000)', () => {
+  let s: Setup | undefined;
+  beforeAll(async () => {
+    s = await start(10_000);
+  }, 60_000);
+  afterAll(() => stop(s));
+
+  test('a chain published right after a reply is served without a kick', async () => {
+    const { fe } = s as Setup;
+    // Each request follows the last reply by about 2 ms, so the window grows to cover that (4-8 ms); the
+    // unkicked chain follows its reply the same way. Three tries, so that one stall of this process
+    // longer than the window does not decide the test.
+    const tries: boolean[] = [];
+    for (let i = 0; i < 3 && !tries.includes(true); i++) {
+      await paced(fe, 20);
+      tries.push(await servedWithoutKick(fe, 500));
+    }
+    expect(tries).toContain(true);
+  }, 60_000);
+
+  test('a quiet queue goes back to sleep: a chain published long after a reply waits for its kick', async () => {
+    const { fe } = s as Setup;
+    await paced(fe, 20);
+    await sleep(100); // longer than the 10 ms maximum: the daemon polled and gave up
+    expect(await servedWithoutKick(fe, 300)).toBe(false);
+  }, 60_000);
+});
+
+describe('without polling (--poll-max-us 0)', () => {
+  let s: Setup | undefined;
+  beforeAll(async () => {
+    s = await start(0);
+  }, 60_000);
+  afterAll(() => stop(s));
+
+  test('a chain published right after a reply waits for its kick', async () => {
+    const { fe } = s as Setup;
+    await paced(fe, 20);
+    expect(await servedWithoutKick(fe, 300)).toBe(false);
+  }, 60_000);
+});
