@@ -85,7 +85,7 @@ function nodeArgs(): string[] {
   return [...own, ...(process.env.CFS_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')];
 }
 
-/** Extra closurefs flags for A/B runs, as for the guest benchmark: CFS_DAEMON_ARGS='--no-session-thread'. */
+/** Extra closurefs flags for A/B runs, as for the guest benchmark: CFS_DAEMON_ARGS='--poll-max-us 0'. */
 function extraArgs(): string[] {
   return (process.env.CFS_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 }

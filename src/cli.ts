@@ -67,7 +67,7 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
   );
   session.once('close', () => {
     view.close();
-    logger.info({ requests: server.requestCounts() }, 'FUSE requests served');
+    logger.info({ requests: server.requestCounts(), polled: session?.polledChains }, 'FUSE requests served');
   });
   return session;
 }

@@ -116,7 +116,7 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<RunningDaem
     ];
     if (opts.numRequestQueues !== undefined) command.push('--num-request-queues', String(opts.numRequestQueues));
     if (opts.cache !== undefined) command.push('--cache', opts.cache);
-    // For experiments: extra closurefs flags, e.g. CFS_DAEMON_ARGS=--no-warm-up npm run bench.
+    // For experiments: extra closurefs flags, e.g. CFS_DAEMON_ARGS='--poll-max-us 0' npm run bench.
     command.push(...(process.env.CFS_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== ''));
   } else {
     if (!fs.existsSync(VIRTIOFSD)) throw new Error(`${VIRTIOFSD} not found (apt-get install qemu-system-x86)`);

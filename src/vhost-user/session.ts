@@ -142,6 +142,8 @@ export class VhostUserSession extends EventEmitter {
    * (the memory table, the rings, the device itself), and none is urgent.
    */
   #messagesHeld = false;
+  /** Chains served because a poll saw them, before (or without) their kick. */
+  #polledChains = 0;
 
   /** Serves the connected socket `fd` (taken over: closed by close()). */
   constructor(fd: number, device: VhostUserDevice, opts: VhostUserSessionOptions = {}) {
@@ -168,6 +170,11 @@ export class VhostUserSession extends EventEmitter {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Chains a poll caught after a drain (see AdaptivePoll): served without waiting for their kick. */
+  get polledChains(): number {
+    return this.#polledChains;
   }
 
   state(): SessionState {
@@ -569,6 +576,7 @@ export class VhostUserSession extends EventEmitter {
     while (served > 0 && served < v.queue.size && this.#pollForMore(v)) {
       const n = this.#drain(v);
       if (n === 0) break;
+      this.#polledChains += n;
       served += n;
     }
     if (v.kickFd < 0) return;
