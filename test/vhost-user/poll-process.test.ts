@@ -100,6 +100,28 @@ describe('with polling (--poll-max-us 10000)', () => {
   }, 60_000);
 });
 
+describe('a hostile driver while the daemon polls (--poll-max-us 10000)', () => {
+  let s: Setup | undefined;
+  beforeAll(async () => {
+    s = await start(10_000);
+  }, 60_000);
+  afterAll(() => stop(s));
+
+  test('an avail idx pushed past the ring breaks that queue, and the daemon goes on', async () => {
+    const { fe, daemon } = s as Setup;
+    const dq = fe.queue(1);
+    await paced(fe, 20);
+    const err = fe.waitErr(1);
+    // No kick: within the window the poll sees it. Should a stall of this process outlast the window, a kick
+    // makes the daemon look; either way the ring is broken, not the daemon.
+    dq.setAvailIdx((dq.availIdx + dq.size + 1) & 0xffff);
+    if (!(await Promise.race([err.then(() => true), sleep(500).then(() => false)]))) fe.kick(1);
+    await err;
+    await fe.sync();
+    expect(await daemon.waitExit(100)).toBeUndefined();
+  }, 60_000);
+});
+
 describe('without polling (--poll-max-us 0)', () => {
   let s: Setup | undefined;
   beforeAll(async () => {
