@@ -1,7 +1,9 @@
 /**
  * One vhost-user connection, backend side: the protocol state machine
  * (owner, negotiated features, memory table, vring state) and the glue that
- * turns kicks into queue drains.
+ * turns kicks into queue drains. After a drain a vring may be polled for a
+ * while before the session sleeps until the next kick (see poll.ts), so a
+ * guest whose requests come back to back is served without waking anyone.
  *
  * Reactions, by kind of trouble:
  * - a framing error (bad header, size, fds) or a failed send: log, close the
