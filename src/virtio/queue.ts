@@ -29,6 +29,18 @@ export const MAX_QUEUE_SIZE = 32768;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
 
+// le16 word indices in the rings (§2.7.6, §2.7.8).
+const AVAIL_FLAGS = 0;
+const AVAIL_IDX = 1;
+/** ring[size], then used_event. */
+const AVAIL_RING = 2;
+const USED_FLAGS = 0;
+const USED_IDX = 1;
+/** ring[size] of 8-byte elements, then avail_event. */
+const USED_RING = 2;
+/** The rings are little-endian and read as native 16-bit words, which needs a little-endian host. */
+const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** Where the three parts of a ring are, in one address space. */
 export interface RingAddresses {
   readonly desc: number;
@@ -79,8 +91,11 @@ export class Virtqueue {
   #size = 0;
   #addresses: { addrs: RingAddresses; space: AddressSpace } | null = null;
   #desc: DataView | null = null;
-  #avail: Buffer | null = null;
+  /** The available ring as le16 words: flags, idx, ring[size], used_event. */
+  #avail: Uint16Array | null = null;
+  /** The used ring; its le16 fields (flags, idx, avail_event) go through #usedWords. */
   #used: Buffer | null = null;
+  #usedWords: Uint16Array | null = null;
   /** EVENT_IDX negotiated: use used_event/avail_event instead of the flags (§2.7.7, §2.7.10). */
   eventIdx = false;
   /**
@@ -132,7 +147,7 @@ export class Virtqueue {
   /** The driver has made chains available that drain() has not served (unchecked: drain() validates them). */
   get hasAvailable(): boolean {
     if (this.#broken !== null || !this.ready) return false;
-    return (this.#avail as Buffer).readUInt16LE(2) !== this.#nextAvail;
+    return (this.#avail as Uint16Array)[AVAIL_IDX] !== this.#nextAvail;
   }
 
   /** Size set and all three rings translated to views of guest memory. */
@@ -190,10 +205,11 @@ export class Virtqueue {
       }
     };
     const desc = at(addrs.desc, sizes.desc, 'descriptor');
-    this.#avail = at(addrs.avail, sizes.avail, 'available');
+    this.#avail = this.#words(at(addrs.avail, sizes.avail, 'available'), 'available');
     this.#used = at(addrs.used, sizes.used, 'used');
+    this.#usedWords = this.#words(this.#used, 'used');
     this.#desc = descriptorTable(desc);
-    if (syncUsed) this.#nextUsed = this.#used.readUInt16LE(2);
+    if (syncUsed) this.#nextUsed = this.#usedWords[USED_IDX] as number;
   }
 
   /** Back to the state of a new queue (RESET_DEVICE, RESET_OWNER). */
@@ -262,12 +278,12 @@ export class Virtqueue {
    * handing it to another thread would only add a wake-up to its latency.
    */
   #serveAvailable(handler: RequestHandler, budget: number): number {
-    const avail = this.#avail as Buffer;
+    const avail = this.#avail as Uint16Array;
     const mask = this.#size - 1;
     const availIdx = this.#availIdx();
     let n = 0;
     while (n < budget && this.#nextAvail !== availIdx) {
-      const head = avail.readUInt16LE(4 + 2 * (this.#nextAvail & mask));
+      const head = avail[AVAIL_RING + (this.#nextAvail & mask)] as number;
       if (head >= this.#size) {
         throw new AvailRingError(`queue ${this.index}: available ring entry ${this.#nextAvail} names head ${head}, outside a table of ${this.#size}`);
       }
@@ -367,7 +383,7 @@ export class Virtqueue {
 
   /** Reads avail idx; a driver never makes more than `size` entries available ahead of us. */
   #availIdx(): number {
-    const idx = (this.#avail as Buffer).readUInt16LE(2);
+    const idx = (this.#avail as Uint16Array)[AVAIL_IDX] as number;
     const ahead = (idx - this.#nextAvail) & 0xffff;
     if (ahead > this.#size) {
       throw new AvailRingError(`queue ${this.index}: avail idx ${idx} is ${ahead} entries ahead of ${this.#nextAvail}, more than the queue size ${this.#size}`);
@@ -384,33 +400,53 @@ export class Virtqueue {
   }
 
   #publishUsed(): void {
-    const used = this.#used as Buffer;
-    if (used.readUInt16LE(2) === this.#nextUsed) return;
+    const used = this.#usedWords as Uint16Array;
+    if (used[USED_IDX] === this.#nextUsed) return;
     // Write barrier: the entries must be visible before the index that publishes them.
     native.fence();
-    used.writeUInt16LE(this.#nextUsed, 2);
+    used[USED_IDX] = this.#nextUsed;
   }
 
   /** With EVENT_IDX, avail_event tells the driver which avail idx should kick us next. */
   #enableKicks(): void {
     if (!this.eventIdx) return;
-    (this.#used as Buffer).writeUInt16LE(this.#nextAvail, 4 + 8 * this.#size);
+    (this.#usedWords as Uint16Array)[this.#availEventWord()] = this.#nextAvail;
   }
 
   /** §2.7.7.2: signal when used idx passed used_event (EVENT_IDX), else unless NO_INTERRUPT. */
   #notifyIfNeeded(oldUsed: number): boolean {
     const newUsed = this.#nextUsed;
     if (newUsed === oldUsed) return false;
-    const avail = this.#avail as Buffer;
+    const avail = this.#avail as Uint16Array;
     const need = this.eventIdx
-      ? needEvent(avail.readUInt16LE(4 + 2 * this.#size), newUsed, oldUsed)
-      : (avail.readUInt16LE(0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+      ? needEvent(avail[AVAIL_RING + this.#size] as number, newUsed, oldUsed)
+      : ((avail[AVAIL_FLAGS] as number) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     if (need) this.#notify();
     return need;
   }
 
+  /** avail_event follows the used ring's `size` 8-byte elements (§2.7.8). */
+  #availEventWord(): number {
+    return USED_RING + 4 * this.#size;
+  }
+
+  /**
+   * A ring as le16 words. The driver reads and writes the indices and event fields at
+   * any moment, so each access must be one 16-bit load or store: Buffer's
+   * readUInt16LE/writeUInt16LE go byte by byte, and a driver could see used idx torn
+   * (0x01ff, 0x0100, 0x0200) and break the ring, or we could read avail idx torn and
+   * call the driver hostile. A Uint16Array element is a single access.
+   */
+  #words(ring: Buffer, what: string): Uint16Array {
+    if (!HOST_IS_LITTLE_ENDIAN) throw new VirtqueueConfigError('virtio rings are little-endian and this host is not');
+    if (ring.byteOffset % 2 !== 0) {
+      throw new VirtqueueConfigError(`queue ${this.index}: ${what} ring is not 2-byte aligned in the daemon's mapping`);
+    }
+    return new Uint16Array(ring.buffer, ring.byteOffset, ring.length >> 1);
+  }
+
   #unmapRings(): void {
-    this.#desc = this.#avail = this.#used = null;
+    this.#desc = this.#avail = this.#used = this.#usedWords = null;
     this.#generation++;
   }
 }

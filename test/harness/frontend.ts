@@ -323,22 +323,33 @@ export class DriverQueue {
   /** Makes pushed entries visible; returns whether the device asked to be kicked. */
   publish(old: number): boolean {
     native.fence();
-    this.ram.view(this.avail + 2, 2).writeUInt16LE(this.availIdx);
+    this.#word(this.avail + 2)[0] = this.availIdx;
     native.fence();
     if (this.eventIdx) {
-      const event = this.ram.view(this.used + 4 + 8 * this.size, 2).readUInt16LE();
+      const event = this.availEvent();
       return ((this.availIdx - event - 1) & 0xffff) < ((this.availIdx - old) & 0xffff);
     }
-    return (this.ram.view(this.used, 2).readUInt16LE() & USED_F_NO_NOTIFY) === 0;
+    return ((this.#word(this.used)[0] as number) & USED_F_NO_NOTIFY) === 0;
+  }
+
+  /**
+   * One le16 ring field as a one-element Uint16Array: the daemon reads and writes these
+   * while we do, so each access must be a single 16-bit load or store (Buffer's
+   * readUInt16LE/writeUInt16LE go byte by byte, and a daemon that polls the ring sees
+   * the torn value).
+   */
+  #word(gpa: number): Uint16Array {
+    const v = this.ram.view(gpa, 2);
+    return new Uint16Array(v.buffer, v.byteOffset, 1);
   }
 
   /** Raw avail idx write, for tests that lie about it. */
   setAvailIdx(idx: number): void {
-    this.ram.view(this.avail + 2, 2).writeUInt16LE(idx);
+    this.#word(this.avail + 2)[0] = idx;
   }
 
   usedIdx(): number {
-    return this.ram.view(this.used + 2, 2).readUInt16LE();
+    return this.#word(this.used + 2)[0] as number;
   }
 
   usedElem(i: number): { id: number; len: number } {
@@ -347,11 +358,11 @@ export class DriverQueue {
   }
 
   availEvent(): number {
-    return this.ram.view(this.used + 4 + 8 * this.size, 2).readUInt16LE();
+    return this.#word(this.used + 4 + 8 * this.size)[0] as number;
   }
 
   setUsedEvent(v: number): void {
-    this.ram.view(this.avail + 4 + 2 * this.size, 2).writeUInt16LE(v);
+    this.#word(this.avail + 4 + 2 * this.size)[0] = v;
   }
 
   track(head: number, p: Pending): void {
