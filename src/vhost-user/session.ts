@@ -581,6 +581,9 @@ export class VhostUserSession extends EventEmitter {
       this.#polledChains += n;
       served += n;
     }
+    // Polling asked the driver not to kick; ask again before sleeping. enableKicks fences, so the
+    // look at the ring below sees any chain the driver added without a kick meanwhile.
+    v.queue.enableKicks();
     if (v.kickFd < 0) return;
     try {
       native.eventfdRead(v.kickFd);
@@ -596,9 +599,9 @@ export class VhostUserSession extends EventEmitter {
   }
 
   /**
-   * Watches the available ring for up to the vring's poll window; true as soon as a
-   * chain is there. Not while requests are out on other threads: their completions
-   * come through the event loop this would hold up.
+   * Watches the available ring for up to the vring's poll window, with the driver's
+   * kicks suppressed; true as soon as a chain is there. Not while requests are out on
+   * other threads: their completions come through the event loop this would hold up.
    */
   #pollForMore(v: Vring): boolean {
     const start = performance.now();
@@ -606,6 +609,8 @@ export class VhostUserSession extends EventEmitter {
     const windowNs = v.poll.windowNs;
     if (windowNs === 0 || v.pendingDrain !== null || v.queue.inflight > 0 || v.kickFd < 0 || !this.#serving(v)) return false;
     const deadline = start + windowNs / 1e6;
+    // While we watch the ring, the driver's kicks would only cost it (a VM exit each).
+    v.queue.suppressKicks();
     for (let now = start; now < deadline; now = performance.now()) {
       if (v.queue.hasAvailable) {
         v.poll.observe((now - start) * 1e6);

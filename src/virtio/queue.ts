@@ -407,10 +407,39 @@ export class Virtqueue {
     used[USED_IDX] = this.#nextUsed;
   }
 
+  /**
+   * Asks the driver not to kick while the device watches the available ring itself
+   * (QEMU does the same while it polls): with EVENT_IDX, an avail_event the driver
+   * has already passed, so vring_need_event stays false (§2.7.10); without it, the
+   * used ring's NO_NOTIFY flag (§2.7.7). A kick costs a guest a VM exit. Kicks stay
+   * off until drain() or enableKicks(), which the owner must call before it sleeps.
+   */
+  suppressKicks(): void {
+    if (this.#broken !== null || !this.ready) return;
+    const used = this.#usedWords as Uint16Array;
+    if (this.eventIdx) used[this.#availEventWord()] = (this.#nextAvail - 1) & 0xffff;
+    else used[USED_FLAGS] = (used[USED_FLAGS] as number) | VIRTQ_USED_F_NO_NOTIFY;
+  }
+
+  /**
+   * Turns kicks back on. The driver may have added a chain without a kick while they
+   * were off, so the caller must look at the ring again after this (which fences).
+   */
+  enableKicks(): void {
+    if (this.#broken !== null || !this.ready) return;
+    this.#enableKicks();
+    native.fence();
+  }
+
   /** With EVENT_IDX, avail_event tells the driver which avail idx should kick us next. */
   #enableKicks(): void {
-    if (!this.eventIdx) return;
-    (this.#usedWords as Uint16Array)[this.#availEventWord()] = this.#nextAvail;
+    const used = this.#usedWords as Uint16Array;
+    if (this.eventIdx) {
+      used[this.#availEventWord()] = this.#nextAvail;
+      return;
+    }
+    const flags = used[USED_FLAGS] as number;
+    if ((flags & VIRTQ_USED_F_NO_NOTIFY) !== 0) used[USED_FLAGS] = flags & ~VIRTQ_USED_F_NO_NOTIFY;
   }
 
   /** §2.7.7.2: signal when used idx passed used_event (EVENT_IDX), else unless NO_INTERRUPT. */

@@ -156,6 +156,48 @@ describe('Virtqueue.drain', () => {
     expect(f.queue.hasAvailable).toBe(false);
   });
 
+  /** Publishes one chain as a Linux driver does; returns whether the device asked for a kick. */
+  function add(text: string): boolean {
+    const old = f.driver.availIdx;
+    f.driver.push(chain(text));
+    return f.driver.publish(old);
+  }
+
+  it.each([true, false])('suppressKicks: the driver sees no kick is wanted until enableKicks or a drain (EVENT_IDX %p)', (eventIdx) => {
+    f = new RingFixture(16);
+    f.queue.eventIdx = eventIdx;
+    f.driver.eventIdx = eventIdx;
+    expect(add('a')).toBe(true);
+    f.queue.drain(f.handler);
+    f.queue.suppressKicks();
+    // Several adds in a row: none asks for a kick while the device watches the ring.
+    expect([add('b'), add('c'), add('d')]).toEqual([false, false, false]);
+    // Turned back on, kicks cover what comes next; what came meanwhile the device must find by looking.
+    f.queue.enableKicks();
+    expect(f.queue.hasAvailable).toBe(true);
+    expect(f.queue.drain(f.handler).completed).toBe(3);
+    expect(add('e')).toBe(true);
+    f.queue.drain(f.handler);
+    f.queue.suppressKicks();
+    expect(add('f')).toBe(false);
+    // drain() turns kicks back on as it finishes, so a device that stops polling by draining cannot strand a chain.
+    f.queue.drain(f.handler);
+    expect(add('g')).toBe(true);
+  });
+
+  it('suppressKicks with EVENT_IDX across the 16-bit wrap: avail_event is one behind, so no add crosses it', () => {
+    f = new RingFixture(16);
+    f.queue.eventIdx = true;
+    f.driver.eventIdx = true;
+    f.queue.setBase(0);
+    f.queue.resolve(true);
+    f.queue.suppressKicks();
+    expect(f.driver.availEvent()).toBe(0xffff);
+    expect([add('a'), add('b')]).toEqual([false, false]);
+    f.queue.enableKicks();
+    expect(f.driver.availEvent()).toBe(0);
+  });
+
   it('an empty ring is a no-op without notification', () => {
     f = new RingFixture(16);
     expect(f.queue.drain(f.handler)).toEqual({ completed: 0, more: false, notified: false, error: null });
