@@ -13,6 +13,7 @@
  *   await fe.handshake()            // replays opts.mode: 'qemu72' (default) or 'cloudHypervisor'; queues are live after it
  *   await fe.request(q, readable: Buffer[], writableSizes: number[], { indirect? }) -> { usedLen, written, head }
  *   await fe.batch(q, [{ readable, writableSizes, indirect? }, ...])  -> results, one kick for the whole batch
+ *   await fe.enqueue(q, [...])      // the same chains published one by one, each kicked only if the device asks
  *   fe.submit(q, chain) -> Promise<result>  (no kick) ; fe.kick(q) ; fe.kickFd(q)
  *   await fe.stop()                 // QEMU's shutdown: SET_VRING_ENABLE 0, GET_VRING_BASE (returns the bases)
  *   fe.close()                      // closes the socket and every fd, unmaps memory
@@ -757,6 +758,24 @@ export class Frontend {
     const old = dq.availIdx;
     const done = chains.map((c) => this.submit(q, c));
     if (dq.publish(old)) this.kick(q);
+    return Promise.all(done);
+  }
+
+  /**
+   * Sends the chains one after another as Linux's virtio-fs driver does (virtqueue_add_sgs,
+   * then virtqueue_kick_prepare, per request): each is published as soon as it is laid out
+   * and kicked only if the device asks for it (avail_event with EVENT_IDX, else the used
+   * ring's NO_NOTIFY flag). A device that watches the ring may serve the first while the
+   * rest are laid out, and may take them without kicks. Resolves with every completion.
+   */
+  async enqueue(q: number, chains: ChainSpec[]): Promise<Completion[]> {
+    const dq = this.queue(q);
+    const done = chains.map((c) => {
+      const old = dq.availIdx;
+      const completion = this.submit(q, c);
+      if (dq.publish(old)) this.kick(q);
+      return completion;
+    });
     return Promise.all(done);
   }
 
