@@ -280,7 +280,7 @@ export class Virtqueue {
   #serveAvailable(handler: RequestHandler, budget: number): number {
     const avail = this.#avail as Uint16Array;
     const mask = this.#size - 1;
-    const availIdx = this.#availIdx();
+    let availIdx = this.#availIdx();
     let n = 0;
     while (n < budget && this.#nextAvail !== availIdx) {
       const head = avail[AVAIL_RING + (this.#nextAvail & mask)] as number;
@@ -290,6 +290,9 @@ export class Virtqueue {
       const chain = walkChain(this.#memory, this.#desc as DataView, this.#size, head);
       this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
       n++;
+      // Before serving what looks like the last chain in place, look again: a driver that publishes
+      // chain by chain (Linux does) may have added the next one while we walked this one.
+      if (this.#nextAvail === availIdx && n < budget && !this.inPlaceOnly) availIdx = this.#availIdx();
       const more = n < budget && this.#nextAvail !== availIdx && !this.inPlaceOnly;
       const written = more ? this.#serveChainAsync(handler, chain) : this.#serveChain(handler, chain);
       if (written !== PENDING) this.#addUsed(head, written);

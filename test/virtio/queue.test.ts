@@ -233,6 +233,29 @@ describe('Virtqueue: chains completed later (PENDING)', () => {
     }
   }
 
+  it('a chain published while the pass runs is seen before the last one is judged alone', () => {
+    f = new RingFixture(16);
+    const h = new Deferring();
+    const late = chain('late');
+    // While it handles the first chain, the driver publishes a third, as a Linux driver adding one by one does.
+    const publishing: RequestHandler = {
+      handle: (q, sg, complete) => {
+        if (h.offered.length === 0) {
+          const old = f.driver.availIdx;
+          f.driver.push(late);
+          f.driver.publish(old);
+        }
+        return h.handle(q, sg, complete);
+      },
+    };
+    const old = f.driver.availIdx;
+    for (const x of [chain('a'), chain('b')]) f.driver.push(x);
+    f.driver.publish(old);
+    expect(f.queue.drain(publishing).completed).toBe(3);
+    // 'b' has 'late' behind it, so it may go to another thread too; only 'late' is alone.
+    expect(h.offered).toEqual([true, true, false]);
+  });
+
   it('a lone chain is never offered a completion; with others behind it, each but the last is', () => {
     f = new RingFixture(16);
     const h = new Deferring();
