@@ -50,8 +50,8 @@ export interface DaemonOptions {
   daxWindow?: number;
   /**
    * Threads that read large READs arriving together (virtiofsd's flag, libuv's pool);
-   * 0 serves every request on the main thread. Undefined: libuv's default (4, or
-   * UV_THREADPOOL_SIZE).
+   * 0 serves every request on the main thread. Undefined: UV_THREADPOOL_SIZE if set,
+   * else one per CPU, at most 4 (cli.ts readPoolSize).
    */
   threadPoolSize?: number;
   /** Longest a served queue is polled for its next request before sleeping (us); 0 never polls. */
@@ -120,7 +120,7 @@ function buildCommand(): Command {
     .option('--persist', 'keep listening for the next frontend after one disconnects', false)
     .option('--max-open-files <n>', 'cap on files the guest may hold open at once', positiveInt('--max-open-files', 1 << 20), 4096)
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
-    .option('--thread-pool-size <n>', 'threads for large reads that arrive together; 0: every request on the main thread (default 4)', positiveIntOrZero('--thread-pool-size'))
+    .option('--thread-pool-size <n>', 'threads for large reads that arrive together; 0: every request on the main thread (default: one per CPU, at most 4)', positiveIntOrZero('--thread-pool-size'))
     .option('--poll-max-us <n>', `poll a queue this long for its next request before sleeping until a kick, adapting to the guest; 0: never (at most ${POLL_MAX_US_LIMIT})`, positiveIntOrZero('--poll-max-us'), 32)
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).

@@ -1,4 +1,5 @@
 /** Command-line parsing: closurefs flags, virtiofsd/microvm.nix compatibility, and usage errors. */
+import { readPoolSize } from '../src/cli';
 import { DaemonOptions, parseArgs, parseSize } from '../src/cli-options';
 
 function run(argv: string[]): DaemonOptions {
@@ -54,6 +55,16 @@ test('--thread-pool-size: 0 keeps every request on the main thread; libuv caps t
   expect(run(base).threadPoolSize).toBeUndefined();
   expect(() => run([...base, '--thread-pool-size', '1025'])).toThrow(/at most 1024/);
   expect(() => run([...base, '--thread-pool-size', '-1'])).toThrow(/non-negative integer/);
+});
+
+test('the read pool: the flag, else UV_THREADPOOL_SIZE as set, else one thread per CPU up to 4', () => {
+  expect(readPoolSize(3, {}, 2)).toBe(3);
+  expect(readPoolSize(8, { UV_THREADPOOL_SIZE: '2' }, 2)).toBe(8);
+  expect(readPoolSize(0, {}, 2)).toBeUndefined(); // no pool: nothing leaves the main thread
+  expect(readPoolSize(undefined, { UV_THREADPOOL_SIZE: '16' }, 2)).toBeUndefined();
+  expect(readPoolSize(undefined, {}, 1)).toBe(1);
+  expect(readPoolSize(undefined, {}, 2)).toBe(2);
+  expect(readPoolSize(undefined, {}, 64)).toBe(4);
 });
 
 test('--poll-max-us: 32 by default, 0 turns polling off, at most 10 ms', () => {

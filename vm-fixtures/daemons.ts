@@ -30,6 +30,8 @@ export interface StartDaemonOptions {
   logLevel?: string;
   /** Extra arguments appended as they are. */
   extraArgs?: string[];
+  /** Environment changes for the daemon; undefined removes a variable. */
+  env?: Record<string, string | undefined>;
   /** How long to wait for the socket. Default 15 s. */
   readyTimeoutMs?: number;
 }
@@ -129,7 +131,9 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<RunningDaem
   command.push(...(opts.extraArgs ?? []));
 
   const t0 = process.hrtime.bigint();
-  const child: ChildProcess = spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
+  const child: ChildProcess = spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
   let out = '';
   child.stdout?.setEncoding('utf8');
   child.stderr?.setEncoding('utf8');

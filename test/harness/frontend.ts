@@ -112,6 +112,13 @@ export interface ChainSpec {
   /** Put the descriptors in an indirect table (one ring descriptor). */
   indirect?: boolean;
   /**
+   * Leave the writable buffers as earlier requests left them, as a guest's READ lands
+   * in page-cache pages nobody cleared. By default they are zeroed, so a test sees
+   * exactly what the daemon wrote; for a 1 MiB reply that is a 1 MiB memset by the
+   * driver between chains, which no guest does.
+   */
+  uncleared?: boolean;
+  /**
    * Copy at most this many reply bytes into Completion.written (default: all of them).
    * A benchmark that checks only the reply header sets 16, so the harness's own
    * copying of large READs does not weigh in the daemon's figures.
@@ -238,13 +245,13 @@ export class GuestRam {
     return r.userAddr + (gpa - r.gpa);
   }
 
-  /** Bump allocation of guest RAM (zeroed), never across a region end. */
-  alloc(len: number, align = 8): number {
+  /** Bump allocation of guest RAM, never across a region end; zeroed unless `clear` is false. */
+  alloc(len: number, align = 8, clear = true): number {
     for (const a of this.#arenas) {
       const at = alignUp(a.next, align);
       if (at + len <= a.end) {
         a.next = at + len;
-        this.view(at, len).fill(0);
+        if (clear) this.view(at, len).fill(0);
         return at;
       }
     }
@@ -785,7 +792,7 @@ export class Frontend {
     if (this.#queues.every((x) => x.inFlight === 0)) this.memory.release(this.#arenaMark);
     const bufs = [
       ...c.readable.map((b) => ({ gpa: this.#place(b), len: b.length, flags: 0 })),
-      ...c.writableSizes.map((n) => ({ gpa: this.memory.alloc(n, 8), len: n, flags: DESC_F_WRITE })),
+      ...c.writableSizes.map((n) => ({ gpa: this.memory.alloc(n, 8, c.uncleared !== true), len: n, flags: DESC_F_WRITE })),
     ];
     const { head, descs } = c.indirect ? this.#layIndirect(dq, bufs) : this.#layDirect(dq, bufs);
     const { promise, waiter } = deferred<Completion>(this.#timeoutMs, `completion of chain ${head} on queue ${q}`);
