@@ -4,6 +4,7 @@
  * resources after a guest walked a large closure, and closurefs' startup time for a 5,000-path closure.
  *
  *   npm run build && node dist/scripts/bench-guest.js [--quick] [--runs N] [--cache auto|always] [--no-9p]
+ *                                                     [--only perf,walk,startup]
  *
  * Method
  * - One boot per (column, run); inside it, every measure starts with `sync; echo 3 > drop_caches`, so each
@@ -48,21 +49,32 @@ interface Options {
   runs: number;
   cache: 'auto' | 'always';
   with9p: boolean;
+  /** Which parts to run: the per-run boots (perf), the large walk (walk), startup; rows of a part left out print n/a. */
+  parts: Set<Part>;
 }
 
+const PARTS = ['perf', 'walk', 'startup'] as const;
+type Part = (typeof PARTS)[number];
+
 function parseArgs(argv: string[]): Options {
-  const o: Options = { quick: false, runs: 0, cache: 'auto', with9p: true };
+  const o: Options = { quick: false, runs: 0, cache: 'auto', with9p: true, parts: new Set(PARTS) };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--quick') o.quick = true;
     else if (a === '--no-9p') o.with9p = false;
     else if (a === '--runs') o.runs = Number(argv[++i]);
+    else if (a === '--only') {
+      const names = String(argv[++i]).split(',');
+      const bad = names.filter((n) => !(PARTS as readonly string[]).includes(n));
+      if (bad.length > 0) throw new Error(`--only takes a list of ${PARTS.join(', ')}; got ${bad.join(', ')}`);
+      o.parts = new Set(names as Part[]);
+    }
     else if (a === '--cache') {
       const v = argv[++i];
       if (v !== 'auto' && v !== 'always') throw new Error(`--cache must be auto or always, got ${String(v)}`);
       o.cache = v;
     } else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node dist/scripts/bench-guest.js [--quick] [--runs N] [--cache auto|always] [--no-9p]\n');
+      process.stdout.write('usage: node dist/scripts/bench-guest.js [--quick] [--runs N] [--cache auto|always] [--no-9p] [--only perf,walk,startup]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${String(a)}`);
   }
@@ -268,6 +280,8 @@ interface WalkSample {
   complete: boolean;
   fds: number;
   rssMiB: number;
+  /** The RSS split: anonymous, file-backed (binary and libraries), guest memory the daemon has touched. */
+  rssSplitMiB: { anon: number; file: number; shmem: number };
   /** The daemon's RLIMIT_NOFILE (soft), from /proc/<pid>/limits. */
   fdLimit: string;
   /** Distinct error messages the guest's find/stat printed (an incomplete walk says why). */
@@ -281,7 +295,7 @@ async function walkBoot(kind: DaemonKind, st: SyntheticStore, opts: Options, soc
   const s = await serve(kind, st, closure, opts, socketDir);
   const pid = s.daemon?.pid as number;
   let fdLimit = '';
-  let sampled: { rssKiB: number; fds: number } | undefined;
+  let sampled: ReturnType<typeof processResources> | undefined;
   let sampleError: unknown;
   let seen = '';
   let r: GuestResult;
@@ -319,6 +333,7 @@ async function walkBoot(kind: DaemonKind, st: SyntheticStore, opts: Options, soc
     complete: entries === want,
     fds: sampled?.fds ?? NaN,
     rssMiB: (sampled?.rssKiB ?? NaN) / 1024,
+    rssSplitMiB: { anon: (sampled?.anonKiB ?? NaN) / 1024, file: (sampled?.fileKiB ?? NaN) / 1024, shmem: (sampled?.shmemKiB ?? NaN) / 1024 },
     fdLimit,
     guestErrors,
   };
@@ -412,7 +427,7 @@ async function main(): Promise<void> {
 
   const perf: Partial<Record<Column, PerfSample[]>> = {};
   try {
-    for (let run = 0; run < opts.runs; run++) {
+    for (let run = 0; run < (opts.parts.has('perf') ? opts.runs : 0); run++) {
       for (const col of rotate(columns, run)) {
         const s = await perfBoot(col, st, opts, socketDir, sizes);
         (perf[col] ??= []).push(s);
@@ -421,12 +436,12 @@ async function main(): Promise<void> {
       }
     }
     const walk: Partial<Record<DaemonKind, WalkSample>> = {};
-    for (const kind of ['closurefs', 'virtiofsd'] as const) {
+    for (const kind of opts.parts.has('walk') ? (['closurefs', 'virtiofsd'] as const) : []) {
       walk[kind] = await walkBoot(kind, st, opts, socketDir, sizes);
       log(`walk ${kind}: ${JSON.stringify(walk[kind])}`);
     }
     const startup: Partial<Record<DaemonKind, number[]>> = {};
-    for (let run = 0; run < Math.max(opts.runs, 5); run++) {
+    for (let run = 0; run < (opts.parts.has('startup') ? Math.max(opts.runs, 5) : 0); run++) {
       for (const kind of rotate(['closurefs', 'virtiofsd'] as DaemonKind[], run)) {
         (startup[kind] ??= []).push(await startupMs(kind, st, socketDir));
       }
@@ -454,7 +469,7 @@ async function main(): Promise<void> {
       let met: boolean | undefined;
       // No verdict without a ratio (e.g. the peer could not complete the walk).
       if (row.target?.ratio !== undefined && Number.isFinite(ratio)) met = row.better === 'higher' ? ratio >= row.target.ratio : ratio <= row.target.ratio;
-      else if (row.target?.max !== undefined) met = (med.closurefs ?? Infinity) < row.target.max;
+      else if (row.target?.max !== undefined && Number.isFinite(med.closurefs)) met = (med.closurefs as number) < row.target.max;
       return { ...row, median: med, ratio, met };
     });
 
@@ -479,6 +494,12 @@ async function main(): Promise<void> {
           `(guest saw: ${w.guestErrors.join('; ') || 'no error text'}; its fd limit: ${w.fdLimit}), so its walk time is n/a.`);
       }
     }
+    for (const [kind, w] of Object.entries(walk)) {
+      if (w === undefined) continue;
+      const { anon, file, shmem } = w.rssSplitMiB;
+      notes.push(`${kind}'s RSS after the walk: ${fmt(anon)} MiB anonymous, ${fmt(file)} MiB file-backed (binary, libraries), ` +
+        `${fmt(shmem)} MiB of the guest's memory it has touched.`);
+    }
     const elapsedS = (Date.now() - t0) / 1000;
     const cpu = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
     const env = {
@@ -502,7 +523,7 @@ async function main(): Promise<void> {
       ...lines,
       ...(notes.length > 0 ? ['', ...notes.map((n) => `- ${n}`)] : []),
       '',
-      `Reproduce: npm run build && node dist/scripts/bench-guest.js${opts.quick ? ' --quick' : ''}${opts.cache !== 'auto' ? ` --cache ${opts.cache}` : ''}  (took ${elapsedS.toFixed(0)} s)`,
+      `Reproduce: npm run build && node dist/scripts/bench-guest.js${opts.quick ? ' --quick' : ''}${opts.cache !== 'auto' ? ` --cache ${opts.cache}` : ''}${opts.parts.size < PARTS.length ? ` --only ${[...opts.parts].join(',')}` : ''}  (took ${elapsedS.toFixed(0)} s)`,
     ].join('\n');
     process.stdout.write(`${summary}\n`);
 

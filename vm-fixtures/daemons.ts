@@ -233,10 +233,24 @@ export function parseLogs(text: string): { lines: LogLine[]; other: string[] } {
   return { lines, other };
 }
 
-/** Resident set size (kB) and open fd count of a live process, from /proc. */
-export function processResources(pid: number): { rssKiB: number; fds: number } {
+/**
+ * Resident set size (kB) and open fd count of a live process, from /proc. The RSS is also split as the
+ * kernel counts it: anonymous (the daemon's own heap and stacks), file (its binary and libraries, shared
+ * with every process that maps them) and shmem (pages of the guest's memory file it has touched: the
+ * guest's memory, counted in the VMM's RSS too).
+ */
+export function processResources(pid: number): { rssKiB: number; anonKiB: number; fileKiB: number; shmemKiB: number; fds: number } {
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
-  if (m?.[1] === undefined) throw new Error(`no VmRSS in /proc/${pid}/status`);
-  return { rssKiB: Number(m[1]), fds: fs.readdirSync(`/proc/${pid}/fd`).length };
+  const field = (name: string): number => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, 'm').exec(status);
+    if (m?.[1] === undefined) throw new Error(`no ${name} in /proc/${pid}/status`);
+    return Number(m[1]);
+  };
+  return {
+    rssKiB: field('VmRSS'),
+    anonKiB: field('RssAnon'),
+    fileKiB: field('RssFile'),
+    shmemKiB: field('RssShmem'),
+    fds: fs.readdirSync(`/proc/${pid}/fd`).length,
+  };
 }
