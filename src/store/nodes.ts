@@ -19,6 +19,10 @@ export type NodeKind = 'dir' | 'reg' | 'lnk';
 export type Identity = number | string;
 
 export interface Node {
+  /**
+   * The guest's name for the node, and also its inode number: the st_ino the guest
+   * sees (never the host's). One field for both, since they are always equal.
+   */
   readonly nodeid: number;
   /**
    * The directory the node was found in: the root for a store path, none for the root.
@@ -28,11 +32,14 @@ export interface Node {
   readonly parent: Node | undefined;
   /** The node's name in `parent` ('' for the root), latin1: one char per byte, so any host name round-trips. */
   readonly name: string;
-  readonly kind: NodeKind;
+  /**
+   * st_mode as the guest sees it: the file type, and permission bits 0555 or 0444 for
+   * files, 0555 for directories, 0777 for symlinks. Type and permissions share one
+   * field: a walked closure holds a node per file, and each field costs 8 bytes.
+   */
+  readonly mode: number;
   /** The host file's (dev, ino) as a key (see identityOf); '' for the root, which has no host counterpart. */
   readonly identity: Identity;
-  /** The view's inode number: the st_ino the guest sees (never the host's). */
-  readonly ino: number;
   /**
    * The attributes that differ between store files, kept flat: every other one is
    * canonical (see attrOf in view.ts), so a node costs a few fields, not a second object.
@@ -40,13 +47,23 @@ export interface Node {
   readonly size: number;
   readonly mtime: number;
   readonly mtimeNsec: number;
-  /** Permission bits as the guest sees them: 0555 or 0444 for files, 0555 directories, 0777 symlinks. */
-  readonly perm: number;
   readonly nlink: number;
   nlookup: number;
 }
 
 export const ROOT_NODEID = 1;
+
+// File type bits of st_mode (POSIX <sys/stat.h>; the same on every Linux architecture).
+export const S_IFMT = 0o170000;
+export const S_IFDIR = 0o040000;
+export const S_IFREG = 0o100000;
+export const S_IFLNK = 0o120000;
+
+/** The node's kind, from the type bits of its mode. */
+export function kindOfNode(node: Node): NodeKind {
+  const type = node.mode & S_IFMT;
+  return type === S_IFDIR ? 'dir' : type === S_IFREG ? 'reg' : 'lnk';
+}
 
 /** The node's path below the store directory, e.g. `<hash>-name/bin/x`; empty for the root. */
 export function relPathOf(node: Node): string {
@@ -72,7 +89,7 @@ export class NodeTable {
   readonly #byIdentity = new Map<Identity, Node | number>();
 
   constructor(readonly root: Node) {
-    if (root.nodeid !== ROOT_NODEID || root.ino !== ROOT_NODEID) throw new InternalInvariantError('the root must be nodeid and inode 1');
+    if (root.nodeid !== ROOT_NODEID) throw new InternalInvariantError('the root must be nodeid (and inode) 1');
     this.#live.push(root);
   }
 
@@ -106,16 +123,16 @@ export class NodeTable {
       this.#byIdentity.set(identity, ino);
       return ino;
     }
-    return typeof known === 'number' ? known : known.ino;
+    return typeof known === 'number' ? known : known.nodeid;
   }
 
   /** Finds the node for a host identity or makes one (nodeid = inode number); either way counts one lookup. */
-  lookupOrCreate(identity: Identity, make: (nodeid: number, ino: number) => Node): Node {
+  lookupOrCreate(identity: Identity, make: (nodeid: number) => Node): Node {
     let node = this.byIdentity(identity);
     if (node === undefined) {
       const ino = this.inoOf(identity);
-      node = make(ino, ino);
-      if (node.nodeid !== ino || node.identity !== identity || node.ino !== ino) throw new InternalInvariantError('node made with the wrong ids');
+      node = make(ino);
+      if (node.nodeid !== ino || node.identity !== identity) throw new InternalInvariantError('node made with the wrong ids');
       this.#live[ino] = node;
       this.#liveCount++;
       this.#byIdentity.set(identity, node);
@@ -156,7 +173,7 @@ export class NodeTable {
   #free(node: Node): void {
     this.#live[node.nodeid] = undefined;
     this.#liveCount--;
-    this.#byIdentity.set(node.identity, node.ino);
+    this.#byIdentity.set(node.identity, node.nodeid);
   }
 }
 

@@ -29,7 +29,7 @@ import * as native from '../native';
 import { HandleTable, Lru } from './handles';
 import { NameCache } from './names';
 import { Listing, type ListedEntry, type NamedEntry } from './listing';
-import { identityFromParts, identityOf, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
+import { identityFromParts, identityOf, kindOfNode, NodeTable, relPathOf, ROOT_NODEID, type Identity, type Node, type NodeKind } from './nodes';
 
 const c = native.constants;
 
@@ -109,12 +109,13 @@ function small(x: number): number {
 }
 
 /** The per-file fields of a node (nodes.ts): nothing host-specific beyond size, executability and mtime. */
-function fileFields(st: native.Statx, kind: NodeKind): Pick<Node, 'size' | 'mtime' | 'mtimeNsec' | 'perm' | 'nlink'> {
+function fileFields(st: native.Statx, kind: NodeKind): Pick<Node, 'size' | 'mtime' | 'mtimeNsec' | 'mode' | 'nlink'> {
+  const perm = kind === 'dir' ? 0o555 : kind === 'lnk' ? 0o777 : st.mode & 0o111 ? 0o555 : 0o444;
   return {
     size: small(st.size),
     mtime: small(st.mtimeSec),
     mtimeNsec: small(st.mtimeNsec),
-    perm: kind === 'dir' ? 0o555 : kind === 'lnk' ? 0o777 : st.mode & 0o111 ? 0o555 : 0o444,
+    mode: TYPE_BITS[kind] | perm,
     // A hard link count above 1 would reveal links into paths outside the closure (nix-store --optimise).
     nlink: kind === 'dir' ? small(st.nlink) : 1,
   };
@@ -125,7 +126,7 @@ const TYPE_BITS: Record<NodeKind, number> = { reg: c.S_IFREG, dir: c.S_IFDIR, ln
 /** Canonical attributes: root-owned, no host change or access times, blocks from the size. */
 function attrOf(node: Node, nlink = node.nlink): Attr {
   return {
-    ino: node.ino,
+    ino: node.nodeid,
     size: node.size,
     blocks: Math.ceil(node.size / 512),
     atime: node.mtime,
@@ -134,7 +135,7 @@ function attrOf(node: Node, nlink = node.nlink): Attr {
     atimensec: node.mtimeNsec,
     mtimensec: node.mtimeNsec,
     ctimensec: node.mtimeNsec,
-    mode: TYPE_BITS[node.kind] | node.perm,
+    mode: node.mode,
     nlink,
     uid: 0,
     gid: 0,
@@ -197,8 +198,8 @@ export class ClosureView extends FileSystem {
     this.#names = new NameCache(opts.nameCacheSize ?? 4096);
     this.#log = opts.logger;
     const root: Node = {
-      nodeid: ROOT_NODEID, nlookup: 0, parent: undefined, name: '', kind: 'dir', identity: '', ino: ROOT_NODEID,
-      size: BLOCK, mtime: STORE_MTIME, mtimeNsec: 0, perm: 0o555, nlink: 2,
+      nodeid: ROOT_NODEID, nlookup: 0, parent: undefined, name: '', mode: c.S_IFDIR | 0o555, identity: '',
+      size: BLOCK, mtime: STORE_MTIME, mtimeNsec: 0, nlink: 2,
     };
     this.#nodes = new NodeTable(root);
     this.#storeFd = native.openat(c.AT_FDCWD, opts.storeDir, c.O_PATH | c.O_DIRECTORY | c.O_CLOEXEC);
@@ -264,7 +265,7 @@ export class ClosureView extends FileSystem {
    * .drv files, other outputs, other closures); undefined for a name to stat.
    */
   #resolveWithoutHost(dir: Node, name: Buffer): Node | undefined {
-    if (dir.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+    if (kindOfNode(dir) !== 'dir') throw new FsError(Errno.ENOTDIR);
     if (isName(name, DOT)) return this.#nodes.ref(dir);
     if (isName(name, DOTDOT)) return this.#parentOf(dir);
     if (dir.nodeid === ROOT_NODEID && !this.#closure.has(name.toString('latin1'))) throw new FsError(Errno.ENOENT);
@@ -288,12 +289,12 @@ export class ClosureView extends FileSystem {
     const kind = kindOf(st.mode);
     if (kind === undefined) throw new FsError(Errno.ENOENT);
     const identity = identityOf(st);
-    return this.#nodes.lookupOrCreate(identity, (nodeid, ino) => {
+    return this.#nodes.lookupOrCreate(identity, (nodeid) => {
       const f = fileFields(st, kind);
       // Every field written out in one literal: one hidden class for all nodes (a spread would not be).
       return {
-        nodeid, nlookup: 0, parent, name, kind, identity, ino,
-        size: f.size, mtime: f.mtime, mtimeNsec: f.mtimeNsec, perm: f.perm, nlink: f.nlink,
+        nodeid, nlookup: 0, parent, name, mode: f.mode, identity,
+        size: f.size, mtime: f.mtime, mtimeNsec: f.mtimeNsec, nlink: f.nlink,
       };
     });
   }
@@ -334,7 +335,7 @@ export class ClosureView extends FileSystem {
 
   override readlink(_ctx: RequestContext, nodeid: number): Buffer {
     const node = this.#node(nodeid);
-    if (node.kind !== 'lnk' || node.parent === undefined) throw new FsError(Errno.EINVAL);
+    if (kindOfNode(node) !== 'lnk' || node.parent === undefined) throw new FsError(Errno.EINVAL);
     return native.readlinkat(this.#dirFdOf(node.parent), Buffer.from(node.name, 'latin1'));
   }
 
@@ -372,7 +373,8 @@ export class ClosureView extends FileSystem {
   openForMapping(nodeid: number): { fd: number; size: number } | { errno: number } {
     const node = this.#nodes.get(nodeid);
     if (node === undefined) return { errno: Errno.ENOENT };
-    if (node.kind !== 'reg') return { errno: node.kind === 'dir' ? Errno.EISDIR : Errno.EINVAL };
+    const kind = kindOfNode(node);
+    if (kind !== 'reg') return { errno: kind === 'dir' ? Errno.EISDIR : Errno.EINVAL };
     let fd: number;
     try {
       fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
@@ -390,8 +392,9 @@ export class ClosureView extends FileSystem {
   override open(_ctx: RequestContext, nodeid: number, flags: number): number {
     if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
     const node = this.#node(nodeid);
-    if (node.kind === 'dir') throw new FsError(Errno.EISDIR);
-    if (node.kind === 'lnk') throw new FsError(Errno.ELOOP);
+    const kind = kindOfNode(node);
+    if (kind === 'dir') throw new FsError(Errno.EISDIR);
+    if (kind === 'lnk') throw new FsError(Errno.ELOOP);
     if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
     // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
     const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
@@ -475,7 +478,7 @@ export class ClosureView extends FileSystem {
   override opendir(_ctx: RequestContext, nodeid: number, flags: number): number {
     if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
     const node = this.#node(nodeid);
-    if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+    if (kindOfNode(node) !== 'dir') throw new FsError(Errno.ENOTDIR);
     if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
     return this.#handles.add({ kind: 'dir', nodeid, listing: this.#listing(node) });
   }
@@ -485,7 +488,7 @@ export class ClosureView extends FileSystem {
     let listing: Listing;
     if (fh === 0) {
       const node = this.#node(nodeid);
-      if (node.kind !== 'dir') throw new FsError(Errno.ENOTDIR);
+      if (kindOfNode(node) !== 'dir') throw new FsError(Errno.ENOTDIR);
       listing = this.#listing(node);
     } else {
       const h = this.#handles.get(fh);
@@ -548,7 +551,7 @@ export class ClosureView extends FileSystem {
       }
       named.sort((a, b) => Buffer.compare(a.name, b.name));
       // The parent's node has the inode number a statx of '..' would find.
-      return new Listing(dir.ino, dir.parent?.ino ?? ROOT_NODEID, named);
+      return new Listing(dir.nodeid, dir.parent?.nodeid ?? ROOT_NODEID, named);
     } finally {
       native.closeQuietly(fd);
     }
