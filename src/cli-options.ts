@@ -56,6 +56,8 @@ export interface DaemonOptions {
   threadPoolSize?: number;
   /** Longest a served queue is polled for its next request before sleeping (us); 0 never polls. */
   pollMaxUs: number;
+  /** Guest-shaped READs a fresh daemon serves itself before a frontend connects (warmup/); 0: none. */
+  warmUpReads: number;
   /** virtiofsd flags accepted for compatibility that change nothing for an immutable read-only store. */
   ignored: string[];
 }
@@ -68,6 +70,9 @@ export type ParseResult =
 const DEFAULT_STORE = '/nix/store';
 const TAG_MAX = 36; // virtio-fs config space: tag[36]
 const POLL_MAX_US_LIMIT = 10_000;
+/** Enough for V8 to optimize the READ path (10 READs measured no gain, 3,000 a 9% faster first read). */
+const DEFAULT_WARM_UP_READS = 3000;
+const WARM_UP_READS_LIMIT = 100_000;
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -122,6 +127,7 @@ function buildCommand(): Command {
     .option('--dax-window <size>', 'offer a DAX window of this size (e.g. 8G) over the SHMEM backend messages', parseSize)
     .option('--thread-pool-size <n>', 'threads for large reads that arrive together; 0: every request on the main thread (default: one per CPU, at most 4)', positiveIntOrZero('--thread-pool-size'))
     .option('--poll-max-us <n>', `poll a queue this long for its next request before sleeping until a kick, adapting to the guest; 0: never (at most ${POLL_MAX_US_LIMIT})`, positiveIntOrZero('--poll-max-us'), 32)
+    .option('--warm-up-reads <n>', `after listening, serve this many guest-shaped READs to ourselves so a VM's first requests find the request path compiled; stops when a frontend connects; 0: none (at most ${WARM_UP_READS_LIMIT})`, positiveIntOrZero('--warm-up-reads'), DEFAULT_WARM_UP_READS)
     .option('--print-capabilities', 'print the vhost-user backend capabilities as JSON and exit')
     // virtiofsd compatibility (microvm.nix passes these).
     .option('--shared-dir <dir>', 'virtiofsd name for --store-dir')
@@ -244,6 +250,8 @@ function validate(o: Record<string, unknown>): DaemonOptions {
   const pollMaxUs = o.pollMaxUs as number;
   // A poll holds the event loop (the socket, signals, the other queues) for its whole window.
   if (pollMaxUs > POLL_MAX_US_LIMIT) throw new UsageError(`--poll-max-us must be at most ${POLL_MAX_US_LIMIT}, got ${pollMaxUs}`);
+  const warmUpReads = o.warmUpReads as number;
+  if (warmUpReads > WARM_UP_READS_LIMIT) throw new UsageError(`--warm-up-reads must be at most ${WARM_UP_READS_LIMIT}, got ${warmUpReads}`);
   const ignored = [...compatFlagsGiven(o), ...legacy.ignored];
   return {
     socketPath: o.socketPath as string | undefined,
@@ -262,6 +270,7 @@ function validate(o: Record<string, unknown>): DaemonOptions {
     daxWindow: o.daxWindow as number | undefined,
     threadPoolSize: o.threadPoolSize as number | undefined,
     pollMaxUs,
+    warmUpReads,
     ignored,
   };
 }

@@ -15,6 +15,7 @@ import { FuseServer } from './fuse';
 import { Logger, createLogger } from './log';
 import { ClosureInputError, ClosureView, loadClosure } from './store';
 import { VhostUserSession } from './vhost-user';
+import { WarmUp } from './warmup/warmup';
 
 /** What `--print-capabilities` prints (vhost-user "Backend program conventions"). */
 export const CAPABILITIES = { type: 'fs' };
@@ -146,6 +147,7 @@ async function serve(opts: DaemonOptions): Promise<number> {
     'closurefs ready',
   );
   logClosureSize(opts, paths, logger);
+  if (opts.warmUpReads > 0) warmUp(daemon, opts, paths, logger);
   await exited;
   return EXIT.OK;
 }
@@ -165,6 +167,34 @@ function logClosureSize(opts: DaemonOptions, paths: readonly string[], logger: L
     } finally {
       view.close();
     }
+  });
+}
+
+/**
+ * Serves guest-shaped requests to a session of our own (see warmup/warmup.ts) once
+ * the loop is free. A frontend that connects meanwhile is served alongside: a VMM
+ * connects as soon as it starts, long before its guest sends a request, and the
+ * warm-up yields to the loop between requests. The warm session logs only
+ * warnings: its requests are not a guest's.
+ */
+function warmUp(daemon: Daemon, opts: DaemonOptions, paths: readonly string[], logger: Logger): void {
+  const log = logger.child({ warmUp: true });
+  if (log.levelVal < log.levels.values.warn) log.level = 'warn';
+  setImmediate(() => {
+    if (!daemon.listening) return;
+    let w: WarmUp;
+    try {
+      w = new WarmUp((fd) => startSession(fd, opts, paths, log));
+    } catch (e) {
+      logger.warn({ err: (e as Error).message }, 'warm-up could not start; serving without it');
+      return;
+    }
+    const stop = (): void => w.stop('daemon stopping');
+    daemon.once('exit', stop);
+    void w.run(opts.warmUpReads).then((r) => {
+      daemon.off('exit', stop);
+      logger.info(r, 'warm-up done');
+    });
   });
 }
 

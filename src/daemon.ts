@@ -129,6 +129,11 @@ export class Daemon extends EventEmitter {
     return this.#session !== null;
   }
 
+  /** Started and not yet stopped. */
+  get listening(): boolean {
+    return this.#watcher !== null;
+  }
+
   start(): void {
     this.#watcher = new native.FdWatcher(this.listener.fd, () => this.#onAcceptable()).start();
   }

@@ -76,6 +76,14 @@ test('--poll-max-us: 32 by default, 0 turns polling off, at most 10 ms', () => {
   expect(() => run([...base, '--poll-max-us', '2.5'])).toThrow(/--poll-max-us must be a non-negative integer, got '2.5'/);
 });
 
+test('--warm-up-reads: 3,000 by default, 0 turns the warm-up off, at most 100,000', () => {
+  const base = ['--socket-path', 's', '--closure', 'c'];
+  expect(run(base).warmUpReads).toBe(3000);
+  expect(run([...base, '--warm-up-reads', '0']).warmUpReads).toBe(0);
+  expect(() => run([...base, '--warm-up-reads', '100001'])).toThrow(/--warm-up-reads must be at most 100000, got 100001/);
+  expect(() => run([...base, '--warm-up-reads', 'many'])).toThrow(/--warm-up-reads must be a non-negative integer, got 'many'/);
+});
+
 test('legacy -o source=DIR,cache=MODE form', () => {
   const o = run(['--socket-path', 's', '-o', 'source=/srv/store,cache=none,xattr', '--closure', 'c']);
   expect(o.storeDir).toBe('/srv/store');

@@ -56,14 +56,14 @@ test('a bad closure file: exit 3 and the file and line are named', () => {
 });
 
 /** Starts the daemon, waits for its startup summary, stops it with `signal`; returns exit code and JSON logs. */
-async function startAndStop(args: string[], signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; logs: Record<string, unknown>[]; sock: string }> {
+async function startAndStop(args: string[], signal: NodeJS.Signals = 'SIGTERM', until = 'closure size'): Promise<{ code: number | null; logs: Record<string, unknown>[]; sock: string }> {
   const sock = args[args.indexOf('--socket-path') + 1];
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   const deadline = Date.now() + 10_000;
-  while (!stderr.includes('closure size') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  while (!stderr.includes(until) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   expect(fs.existsSync(sock)).toBe(true);
   child.kill(signal);
   const code = await exited;
@@ -80,6 +80,22 @@ test('a path missing on disk is an error, or a warning with --allow-missing', as
   expect(tolerant.code).toBe(0);
   expect(tolerant.logs.find((l) => l.level === 40 && /gone' is missing under/.test(String(l.msg)))).toBeDefined();
   expect(tolerant.logs.find((l) => l.msg === 'closurefs ready')).toMatchObject({ paths: 1 });
+});
+
+test('the warm-up serves its READs to a session of its own after the socket is ready; 0 turns it off', async () => {
+  const sock = path.join(dir, 'warm.sock');
+  const warm = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--warm-up-reads', '500'], 'SIGTERM', 'warm-up done');
+  expect(warm.code).toBe(0);
+  const ready = warm.logs.findIndex((l) => l.msg === 'closurefs ready');
+  const done = warm.logs.findIndex((l) => l.msg === 'warm-up done');
+  expect(ready).toBeGreaterThanOrEqual(0);
+  expect(done).toBeGreaterThan(ready);
+  expect(warm.logs[done]).toMatchObject({ reads: 500, fileSize: '#!/bin/sh\necho hello\n'.length, stopped: null });
+  // Its session is not a guest's: no connection or request-count lines at info.
+  expect(warm.logs.filter((l) => /frontend|FUSE requests/.test(String(l.msg)))).toEqual([]);
+  const off = await startAndStop(['--socket-path', sock, '--closure', closure, '--store-dir', store, '--warm-up-reads', '0']);
+  expect(off.code).toBe(0);
+  expect(off.logs.find((l) => l.msg === 'warm-up done')).toBeUndefined();
 });
 
 test('a missing socket directory: exit 4', () => {

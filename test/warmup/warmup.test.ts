@@ -1,0 +1,128 @@
+/**
+ * The start-up warm-up: a LoopbackDriver feeding a real VhostUserSession, FuseServer
+ * and ClosureView over a socketpair, and the WarmUp policy on top of it.
+ */
+import * as fs from 'node:fs';
+import { FuseServer } from '../../src/fuse';
+import { InHeader, InitIn, Opcode, ReadIn } from '../../src/fuse/abi';
+import { ClosureView } from '../../src/store';
+import { VhostUserSession } from '../../src/vhost-user';
+import { LoopbackDriver, MAX_REPLY_PAGES } from '../../src/warmup/loopback-driver';
+import { WarmUp } from '../../src/warmup/warmup';
+import { makeFakeStore, type FakeStore } from '../store/fake-store';
+
+let store: FakeStore;
+beforeAll(() => (store = makeFakeStore(50)));
+afterAll(() => store.cleanup());
+
+const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+
+/** Builds what the daemon builds per frontend, and remembers it. */
+function served(paths = store.closure): { serve: (fd: number) => VhostUserSession; server: () => FuseServer; session: () => VhostUserSession } {
+  let server: FuseServer | null = null;
+  let session: VhostUserSession | null = null;
+  return {
+    serve: (fd) => {
+      const view = new ClosureView({ storeDir: store.storeDir, paths });
+      server = new FuseServer(view, { cache: 'auto', zeroMessageOpendir: true });
+      session = new VhostUserSession(fd, { numQueues: 2, handler: server });
+      session.once('close', () => view.close());
+      return session;
+    },
+    server: () => server as FuseServer,
+    session: () => session as VhostUserSession,
+  };
+}
+
+/** One FUSE request through the driver: in header + args. */
+async function call(d: LoopbackDriver, opcode: number, nodeid: number, args: Buffer, pages: number): Promise<{ error: number; length: number }> {
+  const len = InHeader.SIZE + args.length;
+  InHeader.encode({ len, opcode, unique: 7n, nodeid, uid: 0, gid: 0, pid: 0, totalExtlen: 0 }, d.request, 0);
+  args.copy(d.request, InHeader.SIZE);
+  return d.submit(len, pages);
+}
+
+describe('LoopbackDriver', () => {
+  test('a session it set up serves a READ into 32 scattered pages: the file bytes land in order', async () => {
+    const s = served();
+    const d = new LoopbackDriver(s.serve);
+    try {
+      const init = Buffer.alloc(InitIn.SIZE);
+      InitIn.encode({ major: 7, minor: 38, maxReadahead: 1 << 17, flags: 0, flags2: 0 }, init, 0);
+      expect((await call(d, Opcode.INIT, 0, init, 1)).error).toBe(0);
+      const lookup = async (parent: number, name: string): Promise<number> => {
+        const r = await call(d, Opcode.LOOKUP, parent, Buffer.from(`${name}\0`), 1);
+        expect(r.error).toBe(0);
+        return Number(d.replyPage(0).readBigUInt64LE(0));
+      };
+      const file = await lookup(await lookup(await lookup(1, store.names.app), 'share'), 'large.bin');
+      expect((await call(d, Opcode.OPEN, file, Buffer.alloc(8), 1)).error).toBe(0);
+      const fh = Number(d.replyPage(0).readBigUInt64LE(0));
+      const offset = 3 * 4096;
+      const read = Buffer.alloc(ReadIn.SIZE);
+      ReadIn.encode({ fh, offset, size: MAX_REPLY_PAGES * 4096, readFlags: 0, lockOwner: 0n, flags: 0 }, read, 0);
+      const r = await call(d, Opcode.READ, file, read, MAX_REPLY_PAGES);
+      expect(r).toEqual({ error: 0, length: MAX_REPLY_PAGES * 4096 });
+      for (const p of [0, 1, 17, MAX_REPLY_PAGES - 1]) {
+        expect(d.replyPage(p).equals(store.largeContent.subarray(offset + p * 4096, offset + (p + 1) * 4096))).toBe(true);
+      }
+      // An error reply comes back as the negative errno of the out header: opening for writing is EROFS.
+      const wr = Buffer.alloc(8);
+      wr.writeUInt32LE(fs.constants.O_WRONLY, 0);
+      expect((await call(d, Opcode.OPEN, file, wr, 1)).error).toBe(-30);
+    } finally {
+      d.close();
+    }
+    expect(s.session().closed).toBe(true);
+  });
+
+  test('close() cancels the request in flight and releases every fd it made', async () => {
+    const before = openFds();
+    const s = served();
+    const d = new LoopbackDriver(s.serve);
+    const init = Buffer.alloc(InitIn.SIZE);
+    InitIn.encode({ major: 7, minor: 38, maxReadahead: 0, flags: 0, flags2: 0 }, init, 0);
+    const pending = call(d, Opcode.INIT, 0, init, 1);
+    d.close();
+    await expect(pending).resolves.toEqual({ error: -125, length: 0 });
+    await expect(call(d, Opcode.INIT, 0, init, 1)).rejects.toThrow(/closed/);
+    expect(openFds()).toBe(before);
+  });
+});
+
+describe('WarmUp', () => {
+  test('serves INIT, a listing walk and the asked READs of the largest file it saw, then closes its session', async () => {
+    const before = openFds();
+    const s = served();
+    const r = await new WarmUp(s.serve).run(200);
+    expect(r).toMatchObject({ reads: 200, fileSize: store.largeContent.length, stopped: null });
+    const counts = s.server().requestCounts();
+    expect(counts).toMatchObject({ INIT: 1, OPEN: 1, READ: 200 });
+    expect(counts.READDIRPLUS).toBeGreaterThanOrEqual(3); // root, app, app/share at least
+    expect(counts.LOOKUP).toBeGreaterThan(5);
+    expect(counts.GETATTR).toBe(counts.LOOKUP);
+    expect(r.requests).toBe(Object.values(counts).reduce((a, b) => a + b, 0));
+    expect(s.session().closed).toBe(true);
+    expect(openFds()).toBe(before);
+  });
+
+  test('a closure with no regular file gets the walk and no READs, and says why', async () => {
+    const s = served([store.names.symlinkPath]);
+    const r = await new WarmUp(s.serve).run(50);
+    expect(r).toMatchObject({ reads: 0, fileSize: 0, stopped: 'no regular file in the closure' });
+    expect(s.server().requestCounts().READ).toBeUndefined();
+  });
+
+  test('stop() ends it at once, with the reason, and leaves nothing open', async () => {
+    const before = openFds();
+    const s = served();
+    const w = new WarmUp(s.serve);
+    const run = w.run(100_000);
+    setTimeout(() => w.stop('daemon stopping'), 30);
+    const r = await run;
+    expect(r.stopped).toBe('daemon stopping');
+    expect(r.reads).toBeLessThan(100_000);
+    expect(s.session().closed).toBe(true);
+    expect(openFds()).toBe(before);
+  });
+});
