@@ -5,13 +5,23 @@
  * a fresh daemon can send its own request path guest-shaped traffic before a VM
  * does (see warmup.ts); it is not a general frontend.
  *
- * It sets up what QEMU's vhost-user-fs sets up for a Linux guest, minus what a
- * one-request-at-a-time driver does not need: VERSION_1, INDIRECT_DESC, EVENT_IDX
- * and PROTOCOL_FEATURES acked; one memory region; queue 1 (the first request
- * queue) sized 16, enabled; no messages that want a reply, so nothing is read
- * from the socket. Every request is one indirect descriptor table, its device-
- * writable part split into separate 4 KiB pages, every other page, as a guest's
- * page cache hands them out.
+ * It sets up what QEMU's vhost-user-fs sets up for a Linux guest, minus what this
+ * driver does not need: VERSION_1, INDIRECT_DESC, EVENT_IDX and PROTOCOL_FEATURES
+ * acked; queue 1 (the first request queue) sized 16, enabled; no messages that want
+ * a reply, so nothing is read from the socket.
+ *
+ * Where the shape of the traffic matters, it is the guest's. V8 compiles the request
+ * path for the cases it has seen, and a case first met in the guest's traffic throws
+ * the compiled code away (a deoptimization) and runs slow until it is compiled again:
+ * - Memory is two regions with a hole between them, as QEMU hands over a PC's RAM
+ *   (below and above the legacy VGA hole), and a request touches both: its rings and
+ *   indirect table in the first, its buffers in the second.
+ * - Up to SLOTS requests are in flight at once (a guest's readahead keeps two), each
+ *   with its own head descriptor, indirect table, request, out header and pages.
+ * - A request's device-writable pages are laid out as the caller asks: one run,
+ *   every other page, or runs of a few, as a guest's page cache hands pages out.
+ * - Kicks follow the device's avail_event, and the driver asks for a call per reply
+ *   through used_event, re-checking the used ring after moving it.
  */
 import * as native from '../native';
 import { encodeMessage } from '../vhost-user/codec';
@@ -27,24 +37,39 @@ const DESC_F_INDIRECT = 4;
 const OUT_HEADER_SIZE = 16;
 const ECANCELED = 125;
 
-/** Guest-physical layout of the memfd; the frontend addresses are these plus USER_BASE. */
+/** Requests that may be in flight at once; slot k always uses head descriptor k. */
+export const SLOTS = 4;
+/** Most device-writable pages one request may have (a 128 KiB READ). */
+export const MAX_REPLY_PAGES = 32;
+const MAX_REQUEST_BYTES = PAGE;
+
+/**
+ * Offsets in the memfd. The first region holds the rings and the indirect tables;
+ * the second, after a hole in guest-physical space, each slot's request, out header
+ * and pages (room for every other page).
+ */
 const LAYOUT = {
   desc: 0x0000,
   avail: 0x1000,
   used: 0x2000,
-  indirect: 0x3000,
-  request: 0x4000,
-  outHeader: 0x5000,
-  pages: 0x10000,
+  indirect: 0x3000, // + slot * 0x400: 34 descriptors of 16 bytes fit
+  region1: 0x10000,
+  request: 0x10000, // + slot * PAGE
+  outHeader: 0x14000, // + slot * 0x100
+  pages: 0x20000, // + slot * SLOT_PAGES_BYTES
 } as const;
-/** Most device-writable pages one request may have (a 128 KiB READ). */
-export const MAX_REPLY_PAGES = 32;
-/** Pages are every other page, so a reply's buffers are not one contiguous range. */
-const PAGE_STRIDE = 2 * PAGE;
-const MEMORY_SIZE = LAYOUT.pages + MAX_REPLY_PAGES * PAGE_STRIDE;
+const SLOT_PAGES_BYTES = 2 * MAX_REPLY_PAGES * PAGE;
+const MEMORY_SIZE = LAYOUT.pages + SLOTS * SLOT_PAGES_BYTES;
+/** The second region starts this far above its memfd offset in guest-physical space. */
+const GPA_HOLE = 0x10000;
 /** Where "the frontend" has the memory mapped; only used to translate ring addresses. */
 const USER_BASE = 0x7f00_0000_0000;
-const MAX_REQUEST_BYTES = LAYOUT.outHeader - LAYOUT.request;
+
+/**
+ * How a request's writable pages lie in guest memory: `run` pages side by side, then
+ * a one-page gap. 1 is every other page; MAX_REPLY_PAGES (or more) is one run.
+ */
+export type PageRun = number;
 
 export interface Reply {
   /** fuse_out_header.error: 0 or a negative errno. */
@@ -58,6 +83,22 @@ export interface ServedConnection {
   close(): void;
 }
 
+/** Guest-physical address of a memfd offset. */
+function gpa(offset: number): number {
+  return offset < LAYOUT.region1 ? offset : offset + GPA_HOLE;
+}
+
+/** Memfd offset of page i of a slot whose pages lie in runs of `run`. */
+function pageOffset(slot: number, i: number, run: PageRun): number {
+  const r = Math.max(1, Math.min(run, MAX_REPLY_PAGES));
+  return LAYOUT.pages + slot * SLOT_PAGES_BYTES + (i + Math.floor(i / r)) * PAGE;
+}
+
+/** virtio's vring_need_event: has idx moved past event since old (all le16, wrapping)? */
+function needEvent(event: number, idx: number, old: number): boolean {
+  return ((idx - event - 1) & 0xffff) < ((idx - old) & 0xffff);
+}
+
 export class LoopbackDriver {
   readonly #socket: number;
   readonly #kick: number;
@@ -68,7 +109,8 @@ export class LoopbackDriver {
   readonly #connection: ServedConnection;
   #availIdx = 0;
   #usedIdx = 0;
-  #pending: ((r: Reply) => void) | null = null;
+  readonly #pending: (((r: Reply) => void) | null)[] = new Array(SLOTS).fill(null);
+  readonly #runs: PageRun[] = new Array(SLOTS).fill(1);
   #closed = false;
 
   /** Creates the memory, the socketpair and the eventfds, and hands one socket end to serve(). */
@@ -89,30 +131,37 @@ export class LoopbackDriver {
     this.#watcher = new native.FdWatcher(this.#call, () => this.#onCall()).start();
   }
 
-  /** The request buffer to fill before submit(): header and arguments, at most 4 KiB. */
-  get request(): Buffer {
+  /** A slot's request buffer, to fill before submit(): header and arguments, at most 4 KiB. */
+  request(slot: number): Buffer {
     if (this.#closed) throw new Error('loopback driver closed');
-    return this.#bytes.subarray(LAYOUT.request, LAYOUT.request + MAX_REQUEST_BYTES);
+    const at = LAYOUT.request + checkSlot(slot) * PAGE;
+    return this.#bytes.subarray(at, at + MAX_REQUEST_BYTES);
   }
 
-  /** Page i of the last reply (the bytes after the out header). */
-  replyPage(i: number): Buffer {
-    const at = LAYOUT.pages + i * PAGE_STRIDE;
+  /** Page i of a slot's last reply (the bytes after the out header). */
+  replyPage(slot: number, i: number): Buffer {
+    const at = pageOffset(checkSlot(slot), i, this.#runs[slot] as number);
     return this.#bytes.subarray(at, at + PAGE);
   }
 
+  /** True when the slot has no request in flight. */
+  idle(slot: number): boolean {
+    return this.#pending[checkSlot(slot)] === null;
+  }
+
   /**
-   * Queues the first `requestBytes` of request() with an out header and `pages`
-   * writable pages, kicks, and resolves when the device puts the chain in the used ring.
+   * Queues the first `requestBytes` of request(slot) with an out header and `pages`
+   * writable pages laid out in runs of `run`, kicks if the device asks for it, and
+   * resolves when the device puts the chain in the used ring.
    */
-  submit(requestBytes: number, pages: number): Promise<Reply> {
+  submit(slot: number, requestBytes: number, pages: number, run: PageRun = 1): Promise<Reply> {
     if (this.#closed) return Promise.reject(new Error('loopback driver closed'));
-    if (this.#pending !== null) return Promise.reject(new Error('one request at a time'));
+    if (this.#pending[checkSlot(slot)] !== null) return Promise.reject(new Error(`slot ${slot} already has a request in flight`));
     if (pages < 0 || pages > MAX_REPLY_PAGES || requestBytes > MAX_REQUEST_BYTES) throw new RangeError('request does not fit the layout');
-    this.#writeChain(requestBytes, pages);
-    const done = new Promise<Reply>((resolve) => (this.#pending = resolve));
-    this.#publish();
-    native.eventfdWrite(this.#kick, 1);
+    this.#runs[slot] = run;
+    this.#writeChain(slot, requestBytes, pages, run);
+    const done = new Promise<Reply>((resolve) => (this.#pending[slot] = resolve));
+    this.#publish(slot);
     return done;
   }
 
@@ -124,10 +173,8 @@ export class LoopbackDriver {
     this.#watcher.close();
     for (const fd of [this.#socket, this.#kick, this.#call]) native.closeQuietly(fd);
     native.munmap(this.#memory);
-    // A request cut off by close() completes as canceled, so whoever awaits it moves on.
-    const resolve = this.#pending;
-    this.#pending = null;
-    resolve?.({ error: -ECANCELED, length: 0 });
+    // Requests cut off by close() complete as canceled, so whoever awaits them moves on.
+    for (let slot = 0; slot < SLOTS; slot++) this.#resolve(slot, { error: -ECANCELED, length: 0 });
   }
 
   #send(request: number, payload: Buffer, fds: number[] = []): void {
@@ -150,13 +197,21 @@ export class LoopbackDriver {
     };
     this.#send(R.SET_OWNER, Buffer.alloc(0));
     this.#send(R.SET_FEATURES, u64(VirtioFeature.VERSION_1 | VirtioFeature.INDIRECT_DESC | VirtioFeature.EVENT_IDX | VirtioFeature.PROTOCOL_FEATURES));
-    const table = Buffer.alloc(8 + 32);
-    table.writeUInt32LE(1, 0);
-    table.writeBigUInt64LE(0n, 8); // guest_phys_addr
-    table.writeBigUInt64LE(BigInt(MEMORY_SIZE), 16);
-    table.writeBigUInt64LE(BigInt(USER_BASE), 24);
-    table.writeBigUInt64LE(0n, 32); // mmap_offset
-    this.#send(R.SET_MEM_TABLE, table, [memfd]);
+    // Two regions of one memfd, as QEMU sends a PC's RAM split around a hole.
+    const regions: [offset: number, size: number][] = [
+      [0, LAYOUT.region1],
+      [LAYOUT.region1, MEMORY_SIZE - LAYOUT.region1],
+    ];
+    const table = Buffer.alloc(8 + 32 * regions.length);
+    table.writeUInt32LE(regions.length, 0);
+    regions.forEach(([offset, size], i) => {
+      const at = 8 + 32 * i;
+      table.writeBigUInt64LE(BigInt(gpa(offset)), at); // guest_phys_addr
+      table.writeBigUInt64LE(BigInt(size), at + 8);
+      table.writeBigUInt64LE(BigInt(USER_BASE + offset), at + 16);
+      table.writeBigUInt64LE(BigInt(offset), at + 24); // mmap_offset
+    });
+    this.#send(R.SET_MEM_TABLE, table, regions.map(() => memfd));
     this.#send(R.SET_VRING_NUM, state(QUEUE, QUEUE_SIZE));
     const addr = Buffer.alloc(40);
     addr.writeUInt32LE(QUEUE, 0);
@@ -178,37 +233,62 @@ export class LoopbackDriver {
     b.writeUInt16LE(next, at + 14);
   }
 
-  /** Head descriptor 0 -> indirect table: [request] [out header] [page]*. */
-  #writeChain(requestBytes: number, pages: number): void {
+  /** Head descriptor `slot` -> the slot's indirect table: [request] [out header] [page]*. */
+  #writeChain(slot: number, requestBytes: number, pages: number, run: PageRun): void {
     const n = 2 + pages;
-    const entry = (i: number): number => LAYOUT.indirect + 16 * i;
+    const table = LAYOUT.indirect + slot * 0x400;
+    const entry = (i: number): number => table + 16 * i;
     const more = (i: number): number => (i + 1 < n ? DESC_F_NEXT : 0);
-    this.#descriptor(entry(0), LAYOUT.request, requestBytes, more(0), 1);
-    this.#descriptor(entry(1), LAYOUT.outHeader, OUT_HEADER_SIZE, DESC_F_WRITE | more(1), 2);
-    for (let p = 0; p < pages; p++) this.#descriptor(entry(2 + p), LAYOUT.pages + p * PAGE_STRIDE, PAGE, DESC_F_WRITE | more(2 + p), 3 + p);
-    this.#descriptor(LAYOUT.desc, LAYOUT.indirect, 16 * n, DESC_F_INDIRECT, 0);
+    this.#descriptor(entry(0), gpa(LAYOUT.request + slot * PAGE), requestBytes, more(0), 1);
+    this.#descriptor(entry(1), gpa(LAYOUT.outHeader + slot * 0x100), OUT_HEADER_SIZE, DESC_F_WRITE | more(1), 2);
+    for (let p = 0; p < pages; p++) this.#descriptor(entry(2 + p), gpa(pageOffset(slot, p, run)), PAGE, DESC_F_WRITE | more(2 + p), 3 + p);
+    this.#descriptor(LAYOUT.desc + 16 * slot, gpa(table), 16 * n, DESC_F_INDIRECT, 0);
   }
 
-  /** avail.ring[idx % size] = head 0, used_event = the entry we wait for, then avail.idx (after a fence). */
-  #publish(): void {
+  /** avail.ring[idx % size] = head, used_event = the next reply, then avail.idx; kick if avail_event asks. */
+  #publish(head: number): void {
     const b = this.#bytes;
-    b.writeUInt16LE(0, LAYOUT.avail + 4 + 2 * (this.#availIdx % QUEUE_SIZE));
+    const old = this.#availIdx;
+    b.writeUInt16LE(head, LAYOUT.avail + 4 + 2 * (old % QUEUE_SIZE));
     b.writeUInt16LE(this.#usedIdx, LAYOUT.avail + 4 + 2 * QUEUE_SIZE);
-    this.#availIdx = (this.#availIdx + 1) & 0xffff;
+    this.#availIdx = (old + 1) & 0xffff;
     native.fence();
     b.writeUInt16LE(this.#availIdx, LAYOUT.avail + 2);
     native.fence();
+    const availEvent = b.readUInt16LE(LAYOUT.used + 4 + 8 * QUEUE_SIZE);
+    if (needEvent(availEvent, this.#availIdx, old)) native.eventfdWrite(this.#kick, 1);
   }
 
+  /** Takes every reply in the used ring; asks for a call on the next one and looks again before leaving. */
   #onCall(): void {
     if (this.#closed) return;
     native.eventfdRead(this.#call);
     const b = this.#bytes;
-    if (b.readUInt16LE(LAYOUT.used + 2) === this.#usedIdx) return;
-    this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
-    const resolve = this.#pending;
-    this.#pending = null;
-    const len = b.readUInt32LE(LAYOUT.outHeader);
-    resolve?.({ error: b.readInt32LE(LAYOUT.outHeader + 4), length: Math.max(0, len - OUT_HEADER_SIZE) });
+    for (;;) {
+      while (!this.#closed && b.readUInt16LE(LAYOUT.used + 2) !== this.#usedIdx) {
+        const id = b.readUInt32LE(LAYOUT.used + 4 + 8 * (this.#usedIdx % QUEUE_SIZE));
+        this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
+        // Only a broken device returns a head we never queued: end the run rather than guess.
+        if (id >= SLOTS || this.#pending[id] === null) return this.close();
+        const out = LAYOUT.outHeader + id * 0x100;
+        const len = b.readUInt32LE(out);
+        this.#resolve(id, { error: b.readInt32LE(out + 4), length: Math.max(0, len - OUT_HEADER_SIZE) });
+      }
+      if (this.#closed) return;
+      b.writeUInt16LE(this.#usedIdx, LAYOUT.avail + 4 + 2 * QUEUE_SIZE);
+      native.fence();
+      if (b.readUInt16LE(LAYOUT.used + 2) === this.#usedIdx) return;
+    }
   }
+
+  #resolve(slot: number, reply: Reply): void {
+    const resolve = this.#pending[slot];
+    this.#pending[slot] = null;
+    resolve?.(reply);
+  }
+}
+
+function checkSlot(slot: number): number {
+  if (!Number.isInteger(slot) || slot < 0 || slot >= SLOTS) throw new RangeError(`slot ${slot} is not in [0, ${SLOTS})`);
+  return slot;
 }

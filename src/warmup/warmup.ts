@@ -12,11 +12,13 @@
  * So the warm-up is a real session on a socketpair, fed by LoopbackDriver.
  *
  * What it sends, through a session built exactly like a frontend's (its own view,
- * closed with it): INIT; READDIRPLUS, LOOKUP and GETATTR over the first directories
- * of the closure; OPEN of the largest regular file it saw; then `reads` READs of
- * 128 KiB (of what the file has, cycling over its first MiB, so the host reads
- * at most that much from disk). It takes a few hundred ms of one CPU and runs
- * once; any failure only ends the warm-up: serving never depends on it.
+ * closed with it): INIT; READDIRPLUS, LOOKUP and GETATTR breadth first through the
+ * closure until it sees a file of 1 MiB or more (or a bounded number of listing
+ * pages); OPEN of the largest regular file seen; then `reads` READs of 128 KiB,
+ * cycling over its first MiB (so the host reads at most that much from disk), shaped
+ * as a guest's readahead sends them (see #readFile). It takes a few hundred ms of
+ * one CPU and runs once; any failure only ends the warm-up: serving never depends
+ * on it.
  */
 import {
   DIRENTPLUS_NAME_OFFSET,
@@ -33,14 +35,20 @@ import {
   direntplusSize,
 } from '../fuse/abi';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/nodes';
-import { LoopbackDriver, MAX_REPLY_PAGES, type Reply, type ServedConnection } from './loopback-driver';
+import { LoopbackDriver, MAX_REPLY_PAGES, type PageRun, type Reply, type ServedConnection } from './loopback-driver';
 
 const PAGE = 4096;
 const READ_SIZE = MAX_REPLY_PAGES * PAGE;
 /** READs cycle over at most this much of the file: page-cache hits after the first pass. */
 const READ_SPAN = 1 << 20;
-/** Directories listed while looking for a file, and entries looked up along the way. */
-const MAX_DIRECTORIES = 64;
+/** Every this many steps, two requests go out together, as a guest's readahead often has two READs out. */
+const PAIR_EVERY = 4;
+/** Every this many READs, one reads across the end of the file and comes back short. */
+const EOF_EVERY = 64;
+/** Page layouts of the READs in turn: every other page, runs of 3, one run, runs of 2. */
+const PAGE_RUNS: readonly PageRun[] = [1, 3, MAX_REPLY_PAGES, 2];
+/** Listing pages (READDIRPLUS requests) read while looking for a file, and entries looked up along the way. */
+const MAX_LISTINGS = 512;
 const MAX_LOOKUPS = 256;
 /** What a Linux 6.x guest asks for in INIT that changes how the server answers. */
 const INIT_FLAGS =
@@ -88,7 +96,7 @@ export class WarmUp {
     let done = 0;
     let fileSize = 0;
     try {
-      await this.#call(Opcode.INIT, 0, InitIn.SIZE, (b, o) => InitIn.encode({ major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: READ_SIZE, flags: INIT_FLAGS, flags2: 0 }, b, o), 1);
+      await this.#call(0, Opcode.INIT, 0, InitIn.SIZE, (b, o) => InitIn.encode({ major: FUSE_KERNEL_VERSION, minor: FUSE_KERNEL_MINOR_VERSION, maxReadahead: READ_SIZE, flags: INIT_FLAGS, flags2: 0 }, b, o), 1);
       const file = await this.#findFile();
       fileSize = file?.size ?? 0;
       if (file !== null) done = await this.#readFile(file, reads);
@@ -100,65 +108,98 @@ export class WarmUp {
     return { reads: done, requests: this.#requests, ms: Math.round(performance.now() - t0), fileSize, stopped: done === reads ? null : this.#stopReason ?? 'no regular file in the closure' };
   }
 
-  /** Breadth first through the first directories; the largest regular file seen, looked up and stat'ed. */
+  /**
+   * Breadth first through the closure, each directory listed to its end, until a
+   * regular file of at least READ_SPAN turns up (the READs should be a guest's: full
+   * 128 KiB replies, not short ones) or MAX_LISTINGS pages were listed; the largest
+   * regular file seen. The first MAX_LOOKUPS entries are also looked up and stat'ed.
+   */
   async #findFile(): Promise<Entry | null> {
     const dirs = [FUSE_ROOT_ID];
     let best: Entry | null = null;
     let lookups = 0;
-    for (let listed = 0; listed < MAX_DIRECTORIES && dirs.length > 0; listed++) {
-      for (const e of await this.#readdirplus(dirs.shift() as number)) {
-        if ((e.mode & S_IFMT) === S_IFDIR) dirs.push(e.nodeid);
-        if ((e.mode & S_IFMT) === S_IFREG && (best === null || e.size > best.size)) best = e;
-        if (lookups++ < MAX_LOOKUPS) await this.#lookupAndStat(e);
+    let listings = 0;
+    const bigEnough = (): boolean => best !== null && best.size >= READ_SPAN;
+    while (dirs.length > 0 && listings < MAX_LISTINGS && !bigEnough()) {
+      const dir = dirs.shift() as number;
+      for (let offset = 0; listings < MAX_LISTINGS && !bigEnough(); listings++) {
+        const page = await this.#readdirplus(dir, offset);
+        if (page === null) break;
+        for (const e of page.entries) {
+          if ((e.mode & S_IFMT) === S_IFDIR) dirs.push(e.nodeid);
+          if ((e.mode & S_IFMT) === S_IFREG && (best === null || e.size > best.size)) best = e;
+          if (lookups++ < MAX_LOOKUPS) await this.#lookupAndStat(e);
+        }
+        offset = page.next;
       }
     }
     return best;
   }
 
-  async #readdirplus(nodeid: number): Promise<Entry[]> {
+  /** One page of a listing from `offset`; null at its end (or on an error). */
+  async #readdirplus(nodeid: number, offset: number): Promise<{ entries: Entry[]; next: number } | null> {
     // fh 0: the server answers OPENDIR with ENOSYS, so a guest lists directories without one.
-    const r = await this.#call(Opcode.READDIRPLUS, nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh: 0, offset: 0, size: PAGE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), 1);
-    if (r.error !== 0) return [];
-    const page = this.#driver.replyPage(0).subarray(0, r.length);
-    const out: Entry[] = [];
+    const r = await this.#call(0, Opcode.READDIRPLUS, nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh: 0, offset, size: PAGE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), 1);
+    if (r.error !== 0 || r.length === 0) return null;
+    const page = this.#driver.replyPage(0, 0).subarray(0, r.length);
+    const entries: Entry[] = [];
+    let next = offset;
     for (let at = 0; at + DIRENTPLUS_NAME_OFFSET <= page.length; ) {
       const entry = EntryOut.decode(page, at);
       const d = Dirent.decode(page, at + EntryOut.SIZE);
       const name = Buffer.from(page.subarray(at + DIRENTPLUS_NAME_OFFSET, at + DIRENTPLUS_NAME_OFFSET + d.namelen));
       const dot = name.length <= 2 && name.every((c) => c === 0x2e);
-      if (entry.nodeid !== 0 && !dot) out.push({ parent: nodeid, name, nodeid: entry.nodeid, mode: entry.attr.mode, size: entry.attr.size });
+      if (entry.nodeid !== 0 && !dot) entries.push({ parent: nodeid, name, nodeid: entry.nodeid, mode: entry.attr.mode, size: entry.attr.size });
+      next = Number(d.off);
       at += direntplusSize(d.namelen);
     }
-    return out;
+    return next === offset ? null : { entries, next };
   }
 
   async #lookupAndStat(e: Entry): Promise<void> {
-    await this.#call(Opcode.LOOKUP, e.parent, e.name.length + 1, (b, o) => (e.name.copy(b, o), (b[o + e.name.length] = 0), e.name.length + 1), 1);
-    await this.#call(Opcode.GETATTR, e.nodeid, 16, (b, o) => (b.fill(0, o, o + 16), 16), 1);
+    await this.#call(0, Opcode.LOOKUP, e.parent, e.name.length + 1, (b, o) => (e.name.copy(b, o), (b[o + e.name.length] = 0), e.name.length + 1), 1);
+    await this.#call(0, Opcode.GETATTR, e.nodeid, 16, (b, o) => (b.fill(0, o, o + 16), 16), 1);
   }
 
+  /**
+   * READs as a guest's readahead sends them: mostly one in flight; every PAIR_EVERY-th
+   * step two requests at once, the first of them served on the pool while the second
+   * is served in place (every other pair the first is a GETATTR, which is offered the
+   * pool and answers in place all the same); pages in the layouts of PAGE_RUNS in
+   * turn; and now and then a READ across the end of the file (a short read). Each
+   * shape is a branch V8 would otherwise first meet in the guest's traffic.
+   */
   async #readFile(file: Entry, reads: number): Promise<number> {
-    const open = await this.#call(Opcode.OPEN, file.nodeid, 8, (b, o) => (b.fill(0, o, o + 8), 8), 1);
+    const open = await this.#call(0, Opcode.OPEN, file.nodeid, 8, (b, o) => (b.fill(0, o, o + 8), 8), 1);
     if (open.error !== 0) throw new Error(`OPEN of a closure file failed: errno ${-open.error}`);
-    const fh = Number(this.#driver.replyPage(0).readBigUInt64LE(0));
+    const fh = Number(this.#driver.replyPage(0, 0).readBigUInt64LE(0));
     const span = Math.max(READ_SIZE, Math.min(READ_SPAN, file.size));
+    const tail = Math.max(0, file.size - READ_SIZE / 2) & ~(PAGE - 1);
+    const read = (slot: number, n: number): Promise<Reply> => {
+      const offset = n % EOF_EVERY === EOF_EVERY - 1 ? tail : (n * READ_SIZE) % span;
+      const run = PAGE_RUNS[n % PAGE_RUNS.length] as number;
+      return this.#call(slot, Opcode.READ, file.nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh, offset, size: READ_SIZE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), MAX_REPLY_PAGES, run);
+    };
+    const getattr = (slot: number): Promise<Reply> => this.#call(slot, Opcode.GETATTR, file.nodeid, 16, (b, o) => (b.fill(0, o, o + 16), 16), 1);
     let done = 0;
-    for (; done < reads; done++) {
-      const offset = (done * READ_SIZE) % span;
-      const r = await this.#call(Opcode.READ, file.nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh, offset, size: READ_SIZE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), MAX_REPLY_PAGES);
-      if (r.error !== 0) throw new Error(`READ of a closure file failed: errno ${-r.error}`);
+    for (let step = 0; done < reads; step++) {
+      const pair = step % PAIR_EVERY === PAIR_EVERY - 1;
+      const first = !pair ? null : step % (2 * PAIR_EVERY) === PAIR_EVERY - 1 || reads - done < 2 ? getattr(1) : read(1, done++);
+      const replies = await Promise.all(first === null ? [read(0, done)] : [first, read(0, done)]);
+      done++;
+      for (const r of replies) if (r.error !== 0) throw new Error(`warm-up request on a closure file failed: errno ${-r.error}`);
     }
     return done;
   }
 
-  /** One request: in header + the arguments `args` writes at the offset it is given. */
-  async #call(opcode: number, nodeid: number, argsSize: number, args: (b: Buffer, off: number) => number, pages: number): Promise<Reply> {
+  /** One request in a driver slot: in header + the arguments `args` writes at the offset it is given. */
+  async #call(slot: number, opcode: number, nodeid: number, argsSize: number, args: (b: Buffer, off: number) => number, pages: number, run: PageRun = 1): Promise<Reply> {
     if (this.#stopReason !== null) throw new Error(this.#stopReason);
-    const b = this.#driver.request;
+    const b = this.#driver.request(slot);
     const len = InHeader.SIZE + args(b, InHeader.SIZE);
     if (len !== InHeader.SIZE + argsSize) throw new Error(`warm-up: opcode ${opcode} arguments are ${len - InHeader.SIZE} bytes, expected ${argsSize}`);
     InHeader.encode({ len, opcode, unique: this.#unique++, nodeid, uid: 0, gid: 0, pid: 0, totalExtlen: 0 }, b, 0);
-    const r = await this.#driver.submit(len, pages);
+    const r = await this.#driver.submit(slot, len, pages, run);
     if (this.#stopReason !== null) throw new Error(this.#stopReason);
     this.#requests++;
     return r;
