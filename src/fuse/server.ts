@@ -254,7 +254,9 @@ export class FuseServer implements RequestHandler {
     const handler = header.opcode < this.#handlers.length ? this.#handlers[header.opcode] : undefined;
     if (handler === undefined) return this.#replyError(request, header, Errno.ENOSYS);
     this.#served[header.opcode]++;
-    if (!this.#initialized && header.opcode !== Opcode.INIT) {
+    // The opcode test first, as it runs for every request: V8 compiles only the tests it has seen
+    // run, and a fresh connection's INIT would otherwise be the first to run the second one.
+    if (header.opcode !== Opcode.INIT && !this.#initialized) {
       return this.#isNoReply(header.opcode) ? 0 : this.#replyError(request, header, Errno.EIO);
     }
     const out = new ChainWriter(request.writable, OutHeader.SIZE);

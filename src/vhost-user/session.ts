@@ -21,7 +21,7 @@ import type { RequestHandler } from '../io';
 import { ClosurefsError } from '../errors';
 import { GuestMemory, type MemoryRegionDescriptor } from '../virtio/guest-memory';
 import { MemoryTableError, VirtqueueConfigError } from '../virtio/errors';
-import { Virtqueue } from '../virtio/queue';
+import { Virtqueue, type QueueSignals } from '../virtio/queue';
 import { silentLogger, type Logger } from '../virtio/logger';
 import { BackendChannel } from './backend-channel';
 import { AdaptivePoll, DEFAULT_POLL_MAX_NS } from './poll';
@@ -102,7 +102,12 @@ export interface SessionState {
 type Handler = (msg: VhostUserMessage) => Buffer | void;
 
 /** Per-vring state that is not the ring itself: its fds and the start/enable rules. */
-class Vring {
+/** The session's hook for a queue whose last PENDING chain completed; a symbol, so not part of its API. */
+const kQueuesIdle = Symbol('queuesIdle');
+
+/** One vring's fds and state; it is also its queue's signals (see QueueSignals for why an object). */
+class Vring implements QueueSignals {
+  readonly queue: Virtqueue;
   kickFd = -1;
   callFd = -1;
   errFd = -1;
@@ -115,9 +120,27 @@ class Vring {
   /** performance.now() when the queue last went quiet after being served; NaN when not tracked. */
   quietSince = NaN;
   constructor(
-    readonly queue: Virtqueue,
+    index: number,
+    memory: GuestMemory,
     readonly poll: AdaptivePoll,
-  ) {}
+    private readonly session: VhostUserSession,
+    private readonly log: Logger,
+  ) {
+    this.queue = new Virtqueue({ index, memory, logger: log, signals: this });
+  }
+
+  notify(): void {
+    if (this.callFd < 0) return;
+    try {
+      native.eventfdWrite(this.callFd, 1);
+    } catch (e) {
+      this.log.warn({ queue: this.queue.index, err: errText(e) }, 'writing the call eventfd failed');
+    }
+  }
+
+  idle(): void {
+    this.session[kQueuesIdle]();
+  }
 }
 
 export class VhostUserSession extends EventEmitter {
@@ -294,7 +317,7 @@ export class VhostUserSession extends EventEmitter {
   }
 
   /** The last request in flight completed: unmap what close() left, or read the messages held back. */
-  #onQueuesIdle(): void {
+  [kQueuesIdle](): void {
     if (this.#inflight() > 0) return;
     if (this.#closed) {
       this.#memory.close();
@@ -527,10 +550,7 @@ export class VhostUserSession extends EventEmitter {
   // ---- vrings --------------------------------------------------------------------
 
   #newVring(index: number): Vring {
-    let v: Vring | null = null;
-    const queue = new Virtqueue({ index, memory: this.#memory, logger: this.#log, notify: () => this.#notify(v as Vring), onIdle: () => this.#onQueuesIdle() });
-    v = new Vring(queue, new AdaptivePoll(this.#pollMaxNs));
-    return v;
+    return new Vring(index, this.#memory, new AdaptivePoll(this.#pollMaxNs), this, this.#log);
   }
 
   #vring(index: number): Vring {
@@ -655,15 +675,6 @@ export class VhostUserSession extends EventEmitter {
       } catch {
         /* the frontend closed its err eventfd: the log line is all we can do */
       }
-    }
-  }
-
-  #notify(v: Vring): void {
-    if (v.callFd < 0) return;
-    try {
-      native.eventfdWrite(v.callFd, 1);
-    } catch (e) {
-      this.#log.warn({ queue: v.queue.index, err: errText(e) }, 'writing the call eventfd failed');
     }
   }
 

@@ -50,8 +50,6 @@ export interface GuestMemoryOptions {
 
 export const DEFAULT_MAX_REGIONS = 32;
 
-type Space = 'guestPhysAddr' | 'userAddr';
-
 export class GuestMemory {
   readonly maxRegions: number;
   #regions: GuestMemoryRegion[] = [];
@@ -121,12 +119,12 @@ export class GuestMemory {
 
   /** The region holding GPA `addr`, if any. */
   findRegion(addr: number): GuestMemoryRegion | undefined {
-    return this.#find('guestPhysAddr', addr);
+    return this.#find(addr);
   }
 
   /** True when [addr, addr+len) lies inside one region. */
   checkRange(addr: number, len: number): boolean {
-    const r = this.#find('guestPhysAddr', addr);
+    const r = this.#find(addr);
     return r !== undefined && len >= 0 && addr + len <= r.guestPhysAddr + r.size;
   }
 
@@ -136,19 +134,23 @@ export class GuestMemory {
    * fall back to slices() for its error or its split.
    */
   regionOf(gpa: number, len: number): GuestMemoryRegion | undefined {
-    const r = this.#find('guestPhysAddr', gpa);
+    const r = this.#find(gpa);
     // Compared by subtraction: every term is below 2^53, so it is exact where a sum might round.
     return r !== undefined && len <= r.guestPhysAddr + r.size - gpa ? r : undefined;
   }
 
   /** A view of [gpa, gpa+len) that must lie inside one region. */
   slice(gpa: number, len: number): Buffer {
-    return this.#slice('guestPhysAddr', gpa, len);
+    checkArgs(gpa, len);
+    const r = this.#find(gpa);
+    return viewOf(r, r?.guestPhysAddr ?? 0, 'GPA', gpa, len);
   }
 
   /** A view of [va, va+len) in the frontend's address space (ring addresses of SET_VRING_ADDR). */
   sliceFrontend(va: number, len: number): Buffer {
-    return this.#slice('userAddr', va, len);
+    checkArgs(va, len);
+    const r = this.#regions.find((x) => va >= x.userAddr && va < x.userAddr + x.size);
+    return viewOf(r, r?.userAddr ?? 0, 'frontend address', va, len);
   }
 
   /**
@@ -160,7 +162,7 @@ export class GuestMemory {
     let addr = gpa;
     let left = len;
     while (left > 0) {
-      const r = this.#find('guestPhysAddr', addr);
+      const r = this.#find(addr);
       if (r === undefined) throw unmapped('GPA', gpa, len, addr);
       const n = Math.min(left, r.guestPhysAddr + r.size - addr);
       out.push(Buffer.from(r.mapping, r.mapDelta + (addr - r.guestPhysAddr), n));
@@ -169,26 +171,16 @@ export class GuestMemory {
     }
   }
 
-  #slice(space: Space, addr: number, len: number): Buffer {
-    checkArgs(addr, len);
-    const r = this.#find(space, addr);
-    if (r === undefined) throw unmapped(spaceName(space), addr, len, addr);
-    const end = r[space] + r.size;
-    if (addr + len > end) {
-      throw new GuestMemoryError(
-        `${spaceName(space)} range 0x${hex(addr)}+${len} crosses the end of its region (0x${hex(end)})`,
-        addr,
-        len,
-      );
-    }
-    return Buffer.from(r.mapping, r.mapDelta + (addr - r[space]), len);
-  }
-
-  #find(space: Space, addr: number): GuestMemoryRegion | undefined {
+  /*
+   * GPAs only: the frontend's addresses are looked up once per ring setup, and keeping
+   * them out of this function keeps its property loads fixed (V8 would otherwise
+   * compile them for whichever field it saw first and recompile at the other).
+   */
+  #find(addr: number): GuestMemoryRegion | undefined {
     const hit = this.#lastHit;
-    if (hit !== undefined && addr >= hit[space] && addr < hit[space] + hit.size) return hit;
+    if (hit !== undefined && addr >= hit.guestPhysAddr && addr < hit.guestPhysAddr + hit.size) return hit;
     for (const r of this.#regions) {
-      if (addr >= r[space] && addr < r[space] + r.size) {
+      if (addr >= r.guestPhysAddr && addr < r.guestPhysAddr + r.size) {
         this.#lastHit = r;
         return r;
       }
@@ -258,8 +250,12 @@ function unmapped(space: string, addr: number, len: number, at: number): GuestMe
   return new GuestMemoryError(`${space} range 0x${hex(addr)}+${len} is not mapped (no region holds 0x${hex(at)})`, addr, len);
 }
 
-function spaceName(space: Space): string {
-  return space === 'guestPhysAddr' ? 'GPA' : 'frontend address';
+/** A view of [addr, addr+len) in region r, whose range in this address space starts at `base`. */
+function viewOf(r: GuestMemoryRegion | undefined, base: number, space: string, addr: number, len: number): Buffer {
+  if (r === undefined) throw unmapped(space, addr, len, addr);
+  const end = base + r.size;
+  if (addr + len > end) throw new GuestMemoryError(`${space} range 0x${hex(addr)}+${len} crosses the end of its region (0x${hex(end)})`, addr, len);
+  return Buffer.from(r.mapping, r.mapDelta + (addr - base), len);
 }
 
 function hex(n: number): string {

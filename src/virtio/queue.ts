@@ -7,14 +7,14 @@
  *   used ring         le16 flags; le16 idx; {le32 id; le32 len} ring[size]; le16 avail_event   align 4
  *
  * The queue knows nothing about sockets or eventfds: it is configured, then
- * drained by its owner, and asks for a notification through `notify`.
+ * drained by its owner, and asks for a notification through `signals.notify()`.
  * drain() never throws: a ring that breaks a rule is marked broken (and stays
  * so until reset) and the error is handed back for the owner to log.
  *
  * Completion order: a chain whose handler returned PENDING is completed later,
  * out of order (the used ring names chains by head, §2.7.8). While any is in
  * flight its buffers are being written from another thread: `inflight` says how
- * many, and `onIdle` fires when the count falls back to 0, so the owner can hold
+ * many, and `signals.idle()` fires when the count falls back to 0, so the owner can hold
  * back whatever would unmap guest memory until then.
  */
 import * as native from '../native';
@@ -51,13 +51,24 @@ export interface RingAddresses {
 /** GPAs (a driver-side test harness) or the frontend's virtual addresses (SET_VRING_ADDR). */
 export type AddressSpace = 'guest' | 'frontend';
 
+/**
+ * What a queue tells its owner, as methods of one object rather than closures: a
+ * daemon makes new owners for every connection (its start-up warm-up, then the VMM),
+ * and V8 compiles a call of a closure for the one closure it saw there, throwing that
+ * code away when the next connection's closure comes by. A method of one class is
+ * the same function for every owner.
+ */
+export interface QueueSignals {
+  /** Signals the driver (writes the call eventfd). */
+  notify(): void;
+  /** The last chain left PENDING has completed. */
+  idle(): void;
+}
+
 export interface VirtqueueOptions {
   readonly index: number;
   readonly memory: GuestMemory;
-  /** Signals the driver (writes the call eventfd). */
-  readonly notify: () => void;
-  /** Called when the last chain left PENDING has completed. */
-  readonly onIdle?: () => void;
+  readonly signals: QueueSignals;
   readonly logger?: Logger;
 }
 
@@ -85,8 +96,7 @@ export function isValidQueueSize(size: number): boolean {
 export class Virtqueue {
   readonly index: number;
   #memory: GuestMemory;
-  #notify: () => void;
-  #onIdle: () => void;
+  readonly #signals: QueueSignals;
   #log: Logger;
   #size = 0;
   #addresses: { addrs: RingAddresses; space: AddressSpace } | null = null;
@@ -117,8 +127,7 @@ export class Virtqueue {
   constructor(opts: VirtqueueOptions) {
     this.index = opts.index;
     this.#memory = opts.memory;
-    this.#notify = opts.notify;
-    this.#onIdle = opts.onIdle ?? (() => {});
+    this.#signals = opts.signals;
     this.#log = opts.logger ?? silentLogger;
   }
 
@@ -351,7 +360,7 @@ export class Virtqueue {
           state.published = true;
           this.#publishOne(chain, written);
         }
-        if (this.#inflight === 0) this.#onIdle();
+        if (this.#inflight === 0) this.#signals.idle();
       },
     };
     return state;
@@ -453,7 +462,7 @@ export class Virtqueue {
     const need = this.eventIdx
       ? needEvent(avail[AVAIL_RING + this.#size] as number, newUsed, oldUsed)
       : ((avail[AVAIL_FLAGS] as number) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
-    if (need) this.#notify();
+    if (need) this.#signals.notify();
     return need;
   }
 

@@ -13,9 +13,9 @@
  * Where the shape of the traffic matters, it is the guest's. V8 compiles the request
  * path for the cases it has seen, and a case first met in the guest's traffic throws
  * the compiled code away (a deoptimization) and runs slow until it is compiled again:
- * - Memory is two regions with a hole between them, as QEMU hands over a PC's RAM
- *   (below and above the legacy VGA hole), and a request touches both: its rings and
- *   indirect table in the first, its buffers in the second.
+ * - Memory is two regions, as QEMU hands over a PC's RAM: one low, one above 4 GiB
+ *   (guest addresses past 2^32, and past what V8 keeps as small integers). A request
+ *   touches both: its rings and indirect table in the first, its buffers in the second.
  * - Up to SLOTS requests are in flight at once (a guest's readahead keeps two), each
  *   with its own head descriptor, indirect table, request, out header and pages.
  * - A request's device-writable pages are laid out as the caller asks: one run,
@@ -45,7 +45,7 @@ const MAX_REQUEST_BYTES = PAGE;
 
 /**
  * Offsets in the memfd. The first region holds the rings and the indirect tables;
- * the second, after a hole in guest-physical space, each slot's request, out header
+ * the second, at 4 GiB in guest-physical space, each slot's request, out header
  * and pages (room for every other page).
  */
 const LAYOUT = {
@@ -60,8 +60,8 @@ const LAYOUT = {
 } as const;
 const SLOT_PAGES_BYTES = 2 * MAX_REPLY_PAGES * PAGE;
 const MEMORY_SIZE = LAYOUT.pages + SLOTS * SLOT_PAGES_BYTES;
-/** The second region starts this far above its memfd offset in guest-physical space. */
-const GPA_HOLE = 0x10000;
+/** Guest-physical address of the second region, where a PC's RAM above 4 GiB starts. */
+const HIGH_RAM = 2 ** 32;
 /** Where "the frontend" has the memory mapped; only used to translate ring addresses. */
 const USER_BASE = 0x7f00_0000_0000;
 
@@ -85,7 +85,7 @@ export interface ServedConnection {
 
 /** Guest-physical address of a memfd offset. */
 function gpa(offset: number): number {
-  return offset < LAYOUT.region1 ? offset : offset + GPA_HOLE;
+  return offset < LAYOUT.region1 ? offset : HIGH_RAM + (offset - LAYOUT.region1);
 }
 
 /** Memfd offset of page i of a slot whose pages lie in runs of `run`. */
@@ -197,7 +197,7 @@ export class LoopbackDriver {
     };
     this.#send(R.SET_OWNER, Buffer.alloc(0));
     this.#send(R.SET_FEATURES, u64(VirtioFeature.VERSION_1 | VirtioFeature.INDIRECT_DESC | VirtioFeature.EVENT_IDX | VirtioFeature.PROTOCOL_FEATURES));
-    // Two regions of one memfd, as QEMU sends a PC's RAM split around a hole.
+    // Two regions of one memfd, as QEMU sends a PC's RAM below and above 4 GiB.
     const regions: [offset: number, size: number][] = [
       [0, LAYOUT.region1],
       [LAYOUT.region1, MEMORY_SIZE - LAYOUT.region1],

@@ -36,7 +36,7 @@ export class RingFixture {
       this.memory.add({ guestPhysAddr: r.gpa, size: r.size, userAddr: r.userAddr, mmapOffset: r.fdOffset }, native.dup(this.ram.fd));
     }
     this.driver = new DriverQueue(this.ram, 1, size);
-    this.queue = new Virtqueue({ index: 1, memory: this.memory, notify: () => this.notifications++, onIdle: () => this.idle++, logger: this.log });
+    this.queue = new Virtqueue({ index: 1, memory: this.memory, signals: { notify: () => this.notifications++, idle: () => this.idle++ }, logger: this.log });
     this.queue.setSize(size);
     this.queue.setAddresses({ desc: this.driver.desc, avail: this.driver.avail, used: this.driver.used }, 'guest');
     this.queue.resolve(true);

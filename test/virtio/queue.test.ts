@@ -10,7 +10,7 @@ import { GuestMemory } from '../../src/virtio/guest-memory';
 import { NEXT, RingFixture, WRITE } from '../harness/ring-fixture';
 
 describe('Virtqueue configuration (§2.7)', () => {
-  const q = new Virtqueue({ index: 3, memory: new GuestMemory(), notify: () => {} });
+  const q = new Virtqueue({ index: 3, memory: new GuestMemory(), signals: { notify: () => {}, idle: () => {} } });
 
   it.each([0, 3, 100, 65536, 1.5])('"Queue Size ... MUST be a power of 2" (max 32768): size %p is refused', (n) => {
     expect(() => q.setSize(n)).toThrow(VirtqueueConfigError);
