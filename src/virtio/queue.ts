@@ -251,7 +251,11 @@ export class Virtqueue {
         // look at avail idx again, or the driver and we could both skip a kick.
         native.fence();
         const empty = this.#availIdx() === this.#nextAvail;
-        if (empty || completed >= this.#size) return this.#finish(oldUsed, completed, !empty);
+        // Both tests run on every pass: with `empty || completed >= size` the size was read only
+        // when a chain came in during the pass, which no warm-up produces, and V8 threw the
+        // compiled drain away the first time a guest did (no feedback for that load).
+        const spent = completed >= this.#size;
+        if (empty || spent) return this.#finish(oldUsed, completed, !empty);
       }
     } catch (e) {
       // Count from the used index: chains served before the throw are complete.
