@@ -91,11 +91,23 @@ export function opensForWrite(flags: number): boolean {
   return acc === O_WRONLY || acc === O_RDWR || (flags & (O_TRUNC | O_APPEND)) !== 0;
 }
 
+/** What OPEN of a file gives back. */
+export interface Opened {
+  fh: number;
+  /**
+   * The file's size and mtime are still the ones the guest was given for this
+   * nodeid, so pages the guest cached from an earlier open are still the file's.
+   * Under cache=auto this decides whether the guest may keep them (see CacheMode).
+   */
+  unchanged: boolean;
+}
+
 function enosys(): never {
   throw new FsError(Errno.ENOSYS);
 }
 
 /* eslint-disable @typescript-eslint/no-unused-vars */
+
 export abstract class FileSystem {
   /** INIT arrived: a new session with an empty node table on the kernel side. */
   init(): void {}
@@ -131,7 +143,7 @@ export abstract class FileSystem {
   }
 
   /** Returns a new fh. flags are the guest's open(2) flags. */
-  open(ctx: RequestContext, nodeid: number, flags: number): number {
+  open(ctx: RequestContext, nodeid: number, flags: number): Opened {
     enosys();
   }
 

@@ -64,8 +64,14 @@ import { MUTATING_OPS, type DirEntry, type Entry, type FileSystem, type RequestC
  *   daemon's life, so there is nothing to revalidate; every timeout we skip is a
  *   LOOKUP/GETATTR round trip saved, and KEEP_CACHE keeps binaries' pages across
  *   exec()s.
- * - auto: 1 s timeouts, page cache dropped on each open (close-to-open), no
- *   negative entries or directory caching.
+ * - auto: 1 s timeouts, no negative entries or directory caching, and
+ *   close-to-open consistency for file data: each OPEN revalidates the file (its
+ *   size and mtime against those the guest was given) and lets the guest keep its
+ *   cached pages only when they match. A store file never changes, so they always
+ *   do and a binary run twice is read once; virtiofsd's auto drops the pages on
+ *   every open, since it cannot tell. A file edited in place (which the host's
+ *   read-only store mount should prevent) still shows its new bytes at the next
+ *   open, as under NFS, unless the edit kept both its size and its mtime.
  * - never: zero timeouts and FOPEN_DIRECT_IO: every access asks the daemon
  *   (useful to measure or debug the daemon itself).
  */
@@ -536,16 +542,20 @@ export class FuseServer implements RequestHandler {
    * trip that does nothing. The guest (5.16+) then skips it; older guests still
    * send FLUSH and get the no-op answer.
    */
-  #openFlags(dir: boolean): number {
-    if (dir) return this.#cache === 'always' ? FopenFlag.KEEP_CACHE | FopenFlag.CACHE_DIR : 0;
-    const cache = this.#cache === 'always' ? FopenFlag.KEEP_CACHE : this.#cache === 'never' ? FopenFlag.DIRECT_IO : 0;
+  #fileOpenFlags(unchanged: boolean): number {
+    const keep = this.#cache === 'always' || (this.#cache === 'auto' && unchanged);
+    const cache = keep ? FopenFlag.KEEP_CACHE : this.#cache === 'never' ? FopenFlag.DIRECT_IO : 0;
     return cache | FopenFlag.NOFLUSH;
+  }
+
+  #dirOpenFlags(): number {
+    return this.#cache === 'always' ? FopenFlag.KEEP_CACHE | FopenFlag.CACHE_DIR : 0;
   }
 
   #open(r: Request): Outcome {
     const { flags } = r.in.read(OpenIn);
-    const fh = this.#fs.open(r.ctx, r.header.nodeid, flags);
-    r.out.write(OpenOut, { fh, openFlags: this.#openFlags(false) });
+    const { fh, unchanged } = this.#fs.open(r.ctx, r.header.nodeid, flags);
+    r.out.write(OpenOut, { fh, openFlags: this.#fileOpenFlags(unchanged) });
     return OK;
   }
 
@@ -600,7 +610,7 @@ export class FuseServer implements RequestHandler {
     const { flags } = r.in.read(OpenIn);
     if (this.#opts.zeroMessageOpendir === true) return Errno.ENOSYS;
     const fh = this.#fs.opendir(r.ctx, r.header.nodeid, flags);
-    r.out.write(OpenOut, { fh, openFlags: this.#openFlags(true) });
+    r.out.write(OpenOut, { fh, openFlags: this.#dirOpenFlags() });
     return OK;
   }
 

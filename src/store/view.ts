@@ -22,7 +22,7 @@ import { Buffer } from 'node:buffer';
 import { readv, readvSync } from 'node:fs';
 import type { Attr, KStatfs } from '../fuse/abi';
 import { Errno, FsError } from '../fuse/errno';
-import { FileSystem, opensForWrite, type ReadDone, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type RequestContext } from '../fuse/filesystem';
+import { FileSystem, opensForWrite, type ReadDone, type DirEntry, type DirEntrySink, type Entry, type MutatingOp, type Opened, type RequestContext } from '../fuse/filesystem';
 import type { FuseLogger } from '../fuse/server';
 import { isErrnoError } from '../errors';
 import * as native from '../native';
@@ -389,7 +389,7 @@ export class ClosureView extends FileSystem {
     return { fd, size: st.size };
   }
 
-  override open(_ctx: RequestContext, nodeid: number, flags: number): number {
+  override open(_ctx: RequestContext, nodeid: number, flags: number): Opened {
     if (opensForWrite(flags)) throw new FsError(Errno.EROFS);
     const node = this.#node(nodeid);
     const kind = kindOfNode(node);
@@ -399,8 +399,11 @@ export class ClosureView extends FileSystem {
     // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
     const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
     try {
-      if (identityOf(native.statx(fd, '', STATX_NOFOLLOW)) !== node.identity) throw new FsError(Errno.ESTALE);
-      return this.#handles.add({ kind: 'file', nodeid, fd, reading: 0, released: false });
+      const st = native.statx(fd, '', STATX_NOFOLLOW);
+      if (identityOf(st) !== node.identity) throw new FsError(Errno.ESTALE);
+      const fh = this.#handles.add({ kind: 'file', nodeid, fd, reading: 0, released: false });
+      // The guest's attributes are the node's; a file edited in place since (a store is not) shows in these two.
+      return { fh, unchanged: st.size === node.size && st.mtimeSec === node.mtime && st.mtimeNsec === node.mtimeNsec };
     } catch (e) {
       native.closeQuietly(fd);
       throw e;

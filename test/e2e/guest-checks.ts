@@ -208,6 +208,11 @@ export function guestScript(fx: NixFixture, checks: Check[], opts: { afterWrites
     'sec listing', `sh /cfs/listing.sh $S ${bases}`,
     'sec meta', `sh /cfs/meta.sh $S ${bases}`,
     'sec statfs', "stat -f -c '%s|%S|%b|%f|%a|%c|%d' $S",
+    // The guest's page cache (KiB) before and after reading the large file once, then after opening it again.
+    'sec page-cache',
+    'cached() { awk \'/^Cached:/ {print $2}\' /proc/meminfo; }',
+    `sync; echo 3 > /proc/sys/vm/drop_caches; c0=$(cached); cat ${q(fx.files.large.path)} > /dev/null; c1=$(cached); : < ${q(fx.files.large.path)}; c2=$(cached)`,
+    'echo "$c0|$c1|$c2"',
     'sec checks',
   ];
   for (const c of checks) {

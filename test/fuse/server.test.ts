@@ -17,6 +17,7 @@ import {
   type DirEntrySink,
   type Entry,
   type FuseLogger,
+  type Opened,
   type RequestContext,
 } from '../../src/fuse';
 import { FuseClient, GUEST_INIT_FLAGS, cName, encode, errnoOf, inProcessTransport } from '../harness/fuse-client';
@@ -42,8 +43,9 @@ class StubFs extends FileSystem {
     this.calls.push(`getattr ${nodeid} ${fh}`);
     return attr(nodeid);
   }
-  override open(): number {
-    return 7;
+  /** Nodeid 3 stands for a file changed since the guest saw it. */
+  override open(_c: RequestContext, nodeid: number): Opened {
+    return { fh: 7, unchanged: nodeid !== 3 };
   }
   override read(_c: RequestContext, _n: number, _fh: number, offset: number, dst: readonly Buffer[]): number {
     let n = 0;
@@ -268,9 +270,13 @@ describe('replies', () => {
   });
 
   test('OPEN flags follow the cache policy; files never ask for a FLUSH', async () => {
-    expect((await (await setup({ cache: 'always' })).client.open(2)).openFlags).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
-    expect((await (await setup({ cache: 'auto' })).client.open(2)).openFlags).toBe(FopenFlag.NOFLUSH);
-    expect((await (await setup({ cache: 'never' })).client.open(2)).openFlags).toBe(FopenFlag.DIRECT_IO | FopenFlag.NOFLUSH);
+    const flags = async (cache: 'always' | 'auto' | 'never', nodeid: number) => (await (await setup({ cache })).client.open(nodeid)).openFlags;
+    expect(await flags('always', 2)).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
+    expect(await flags('always', 3)).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
+    // auto: the guest keeps its pages of an unchanged file, and drops those of a changed one.
+    expect(await flags('auto', 2)).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
+    expect(await flags('auto', 3)).toBe(FopenFlag.NOFLUSH);
+    expect(await flags('never', 2)).toBe(FopenFlag.DIRECT_IO | FopenFlag.NOFLUSH);
   });
 
   test('cache=never does not offer CACHE_SYMLINKS', async () => {

@@ -102,6 +102,33 @@ describe('ClosureView below a store path', () => {
     view.close();
   });
 
+  test('cache=auto: the guest keeps its pages of a file while it is unchanged, and drops them once it was edited in place', async () => {
+    const own = makeFakeStore(0);
+    const view = new ClosureView({ storeDir: own.storeDir, paths: own.closure });
+    const client = new FuseClient(inProcessTransport(new FuseServer(view, { cache: 'auto' })));
+    try {
+      await client.init();
+      const e = await client.lookup(1, own.names.single);
+      const keeps = async (): Promise<{ keep: boolean; bytes: string }> => {
+        const { fh, openFlags } = await client.open(e.nodeid);
+        const bytes = (await client.read(e.nodeid, fh, 0, 100)).toString();
+        await client.release(e.nodeid, fh);
+        return { keep: (openFlags & FopenFlag.KEEP_CACHE) !== 0, bytes };
+      };
+      expect(await keeps()).toEqual({ keep: true, bytes: 'I am a whole store path\n' });
+      expect(await keeps()).toEqual({ keep: true, bytes: 'I am a whole store path\n' });
+      // Same inode, same size, new bytes and a new mtime: what an in-place edit on the host looks like.
+      const file = path.join(own.storeDir, own.names.single);
+      fs.chmodSync(file, 0o644);
+      fs.writeFileSync(file, 'I was edited in place!!\n');
+      fs.utimesSync(file, new Date(), new Date());
+      expect(await keeps()).toEqual({ keep: false, bytes: 'I was edited in place!!\n' });
+    } finally {
+      view.close();
+      own.cleanup();
+    }
+  });
+
   test('READ fills scattered guest buffers in place', async () => {
     const { server, client, view } = setup();
     await client.init();
