@@ -398,6 +398,12 @@ function fmt(v: number | undefined, integer = false): string {
   return v.toFixed(2);
 }
 
+/** Two decimals, or four when two would print the target itself on the wrong side of it (0.9997 as "1.00×"). */
+function ratioText(ratio: number, target: number | undefined): string {
+  const short = ratio.toFixed(2);
+  return target !== undefined && Number(short) === target && ratio !== target ? `${ratio.toFixed(4)}×` : `${short}×`;
+}
+
 function rotate<T>(xs: T[], by: number): T[] {
   const k = by % xs.length;
   return [...xs.slice(k), ...xs.slice(0, k)];
@@ -486,7 +492,7 @@ async function main(): Promise<void> {
       const cells = [
         r.label, r.unit, fmt(r.median.closurefs, r.integer), fmt(r.median.virtiofsd, r.integer),
         ...(columns.includes('9p') ? [fmt(r.median['9p'], r.integer)] : []),
-        Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}×` : 'n/a',
+        Number.isFinite(r.ratio) ? ratioText(r.ratio, r.target?.ratio) : 'n/a',
         `${target}${r.met === undefined ? '' : r.met ? ' ✓' : ' ✗'}`,
       ];
       lines.push(`| ${cells.join(' | ')} |`);
