@@ -55,7 +55,7 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
   // OPEN for every file, opens for writing included, and those must get EROFS.
   // --thread-pool-size 0: no READ leaves the main thread (virtiofsd's meaning of 0).
   const offloadReadMin = opts.threadPoolSize === 0 ? Infinity : undefined;
-  const server = new FuseServer(view, { cache: opts.cache, logger, dax, zeroMessageOpendir: true, offloadReadMin });
+  const server = new FuseServer(view, { cache: opts.cache, logger, dax, zeroMessageOpendir: true, zeroMessageOpen: true, offloadReadMin });
   session = new VhostUserSession(
     fd,
     {

@@ -150,6 +150,8 @@ export abstract class FileSystem {
   /**
    * Reads up to the total length of `dst` at `offset` straight into dst (views of
    * guest memory) and returns the byte count; fewer bytes than asked means EOF.
+   * fh 0 names no handle: the guest opened the file without an OPEN (the server
+   * answered OPEN with ENOSYS, see zeroMessageOpen), so the file is nodeid's.
    */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, dst: readonly Buffer[]): number {
     enosys();

@@ -54,7 +54,7 @@ import {
 } from './abi';
 import { ChainReader, ChainWriter, totalLength } from './chain';
 import { Errno, errnoOf, FuseDecodeError } from './errno';
-import { MUTATING_OPS, type DirEntry, type Entry, type FileSystem, type RequestContext } from './filesystem';
+import { MUTATING_OPS, opensForWrite, type DirEntry, type Entry, type FileSystem, type RequestContext } from './filesystem';
 
 /**
  * Guest caching, as virtiofsd's --cache:
@@ -110,6 +110,17 @@ export interface FuseServerOptions {
    * per directory; needs a FileSystem whose readdir works without a handle.
    */
   zeroMessageOpendir?: boolean;
+  /**
+   * Under cache=always, answer a read-only OPEN of a file with ENOSYS when the
+   * guest supports it (FUSE_NO_OPEN_SUPPORT in its INIT): it then opens files
+   * without asking, so an open() costs no OPEN, and a close() no FLUSH or RELEASE;
+   * its READs carry fh 0 and the FileSystem reads by nodeid. Without an OPEN the
+   * guest keeps a file's pages (FOPEN_KEEP_CACHE is its default then), which is
+   * what always grants anyway; auto needs the OPEN to revalidate, never to bypass
+   * the cache. Once this is on, the guest no longer asks before opening for
+   * writing either: a write or truncate still gets EROFS from the daemon.
+   */
+  zeroMessageOpen?: boolean;
   /**
    * READs of at least this many bytes may run on a thread of their own when the
    * transport has other requests to serve meanwhile (see RequestHandler); smaller
@@ -202,6 +213,8 @@ export class FuseServer implements RequestHandler {
   #initialized = false;
   /** Negotiated minor version (0 before INIT). */
   #minor = 0;
+  /** This session answers a file OPEN with ENOSYS (see zeroMessageOpen); decided at INIT. */
+  #noOpen = false;
 
   constructor(fs: FileSystem, opts: FuseServerOptions = {}) {
     this.#fs = fs;
@@ -405,6 +418,7 @@ export class FuseServer implements RequestHandler {
     this.#fs.init();
     const reply = this.#negotiate(init);
     this.#minor = reply.minor;
+    this.#noOpen = this.#opts.zeroMessageOpen === true && this.#cache === 'always' && (init.flags & InitFlag.NO_OPEN_SUPPORT) !== 0;
     this.#initialized = true;
     this.#writeInitOut(r.out, reply);
     this.#log.debug({ minor: reply.minor, flags: reply.flags.toString(16), flags2: reply.flags2 }, 'FUSE INIT');
@@ -468,6 +482,7 @@ export class FuseServer implements RequestHandler {
     this.#fs.destroy();
     this.#initialized = false;
     this.#minor = 0;
+    this.#noOpen = false;
     return OK;
   }
 
@@ -554,6 +569,8 @@ export class FuseServer implements RequestHandler {
 
   #open(r: Request): Outcome {
     const { flags } = r.in.read(OpenIn);
+    // The guest then opens files itself, also for writing: a read-only OPEN is the one to answer so.
+    if (this.#noOpen && !opensForWrite(flags)) return Errno.ENOSYS;
     const { fh, unchanged } = this.#fs.open(r.ctx, r.header.nodeid, flags);
     r.out.write(OpenOut, { fh, openFlags: this.#fileOpenFlags(unchanged) });
     return OK;
@@ -587,6 +604,8 @@ export class FuseServer implements RequestHandler {
 
   #flush(r: Request): Outcome {
     const { fh } = r.in.read(FlushIn);
+    // A file opened without OPEN has no FOPEN_NOFLUSH, so the guest would send FLUSH on every close: ENOSYS stops that.
+    if (this.#noOpen) return Errno.ENOSYS;
     this.#fs.flush(r.ctx, r.header.nodeid, fh);
     return OK;
   }

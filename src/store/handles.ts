@@ -46,7 +46,7 @@ export class HandleTable<T> {
 }
 
 /**
- * A small LRU of values that own a resource (directory fds): the least recently
+ * A small LRU of values that own a resource (directory fds, files read by nodeid): the least recently
  * used is handed to `evict` when a new one would exceed the capacity.
  */
 export class Lru<K, V> {
@@ -89,6 +89,15 @@ export class Lru<K, V> {
       this.#map.delete(oldestKey);
       this.evict(oldest);
     }
+  }
+
+  /** Drops k, handing its value to `evict`. */
+  delete(k: K): void {
+    const v = this.#map.get(k);
+    if (v === undefined) return;
+    this.#map.delete(k);
+    if (k === this.#newest) this.#newest = undefined;
+    this.evict(v);
   }
 
   clear(): void {

@@ -42,6 +42,8 @@ export interface ClosureViewOptions {
   maxHandles?: number;
   /** Directory O_PATH fds kept open to speed up lookups. Default 32. */
   dirFdCacheSize?: number;
+  /** Files kept open for READs that name no handle (fh 0: the guest opened without OPEN). Default 32. */
+  nodeFileCacheSize?: number;
   /** Directory listings kept for READDIR without a handle (zero-message opendir). Default 16. */
   listingCacheSize?: number;
   /** (directory, name) -> file identity answers kept, so a repeated LOOKUP skips its statx. Default 4096. */
@@ -174,6 +176,8 @@ export class ClosureView extends FileSystem {
   readonly #nodes: NodeTable;
   readonly #handles: HandleTable<Handle>;
   readonly #dirFds: Lru<Identity, number>;
+  /** Files read with fh 0, by nodeid: under zero-message open the guest never says when it is done with one. */
+  readonly #nodeFiles: Lru<number, FileHandle>;
   readonly #listings: Lru<Identity, Listing>;
   /** What a name in a directory resolved to: only a hint, an inode number with no live node is looked up again. */
   readonly #names: NameCache;
@@ -194,6 +198,7 @@ export class ClosureView extends FileSystem {
     this.#closure = new Set(this.#sorted);
     this.#handles = new HandleTable(opts.maxHandles ?? 1024);
     this.#dirFds = new Lru(opts.dirFdCacheSize ?? 32, (fd) => native.closeQuietly(fd));
+    this.#nodeFiles = new Lru(opts.nodeFileCacheSize ?? 32, (h) => this.#closeFile(h));
     this.#listings = new Lru(opts.listingCacheSize ?? 16, () => {});
     this.#names = new NameCache(opts.nameCacheSize ?? 4096);
     this.#log = opts.logger;
@@ -211,8 +216,11 @@ export class ClosureView extends FileSystem {
   }
 
   /** Counters for tests and metrics. */
-  get counts(): { nodes: number; handles: number; inodeNumbers: number; dirFds: number } {
-    return { nodes: this.#nodes.size, handles: this.#handles.size, inodeNumbers: this.#nodes.inodeNumbers, dirFds: this.#dirFds.size };
+  get counts(): { nodes: number; handles: number; inodeNumbers: number; dirFds: number; nodeFiles: number } {
+    return {
+      nodes: this.#nodes.size, handles: this.#handles.size, inodeNumbers: this.#nodes.inodeNumbers, dirFds: this.#dirFds.size,
+      nodeFiles: this.#nodeFiles.size,
+    };
   }
 
   /** Releases every fd; the view is unusable afterwards. */
@@ -230,6 +238,7 @@ export class ClosureView extends FileSystem {
   override destroy(): void {
     for (const h of this.#handles.values()) if (h.kind === 'file') this.#closeFile(h);
     this.#handles.clear();
+    this.#nodeFiles.clear();
     this.#nodes.clear();
     this.#dirFds.clear();
   }
@@ -310,6 +319,8 @@ export class ClosureView extends FileSystem {
 
   override forget(nodeid: number, nlookup: number): void {
     this.#nodes.forget(nodeid, nlookup);
+    // A forgotten node's file would only be read again after a new LOOKUP, by then likely evicted anyway.
+    if (this.#nodes.get(nodeid) === undefined) this.#nodeFiles.delete(nodeid);
   }
 
   /*
@@ -396,11 +407,8 @@ export class ClosureView extends FileSystem {
     if (kind === 'dir') throw new FsError(Errno.EISDIR);
     if (kind === 'lnk') throw new FsError(Errno.ELOOP);
     if (this.#handles.size >= this.#handles.cap) throw new FsError(Errno.EMFILE, 'open handle cap reached');
-    // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
-    const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
+    const { fd, st } = this.#openFile(node);
     try {
-      const st = native.statx(fd, '', STATX_NOFOLLOW);
-      if (identityOf(st) !== node.identity) throw new FsError(Errno.ESTALE);
       const fh = this.#handles.add({ kind: 'file', nodeid, fd, reading: 0, released: false });
       // The guest's attributes are the node's; a file edited in place since (a store is not) shows in these two.
       return { fh, unchanged: st.size === node.size && st.mtimeSec === node.mtime && st.mtimeNsec === node.mtimeNsec };
@@ -410,15 +418,43 @@ export class ClosureView extends FileSystem {
     }
   }
 
-  #fileHandle(fh: number): FileHandle {
+  /** A read-only fd of node's regular file, checked to be the host file the node names (else ESTALE). */
+  #openFile(node: Node): { fd: number; st: native.Statx } {
+    // O_NONBLOCK: should a fifo ever replace a store file, opening it must not hang the daemon.
+    const fd = this.#openRel(relPathOf(node), c.O_RDONLY | c.O_NONBLOCK);
+    try {
+      const st = native.statx(fd, '', STATX_NOFOLLOW);
+      if (identityOf(st) !== node.identity) throw new FsError(Errno.ESTALE);
+      return { fd, st };
+    } catch (e) {
+      native.closeQuietly(fd);
+      throw e;
+    }
+  }
+
+  /** The file a READ names: its handle, or for fh 0 (opened without OPEN) nodeid's file, kept open in an LRU. */
+  #fileHandle(fh: number, nodeid: number): FileHandle {
+    if (fh === 0) return this.#nodeFile(nodeid);
     const h = this.#handles.get(fh);
     if (h === undefined || h.kind !== 'file') throw new FsError(Errno.EBADF);
     return h;
   }
 
+  #nodeFile(nodeid: number): FileHandle {
+    let h = this.#nodeFiles.get(nodeid);
+    if (h === undefined) {
+      const node = this.#node(nodeid);
+      const kind = kindOfNode(node);
+      if (kind !== 'reg') throw new FsError(kind === 'dir' ? Errno.EISDIR : Errno.EINVAL);
+      h = { kind: 'file', nodeid, fd: this.#openFile(node).fd, reading: 0, released: false };
+      this.#nodeFiles.set(nodeid, h);
+    }
+    return h;
+  }
+
   /* preadv straight into the guest's buffers; loops only on a short read before EOF. */
-  override read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, dst: readonly Buffer[]): number {
-    const h = this.#fileHandle(fh);
+  override read(_ctx: RequestContext, nodeid: number, fh: number, offset: number, dst: readonly Buffer[]): number {
+    const h = this.#fileHandle(fh, nodeid);
     let total = 0;
     let bufs: readonly Buffer[] = dst;
     while (bufs.length > 0) {
@@ -431,8 +467,8 @@ export class ClosureView extends FileSystem {
   }
 
   /* As read(), on libuv's thread pool; the handle's fd is pinned until the last chunk lands. */
-  override readAsync(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, dst: readonly Buffer[], done: ReadDone): void {
-    const h = this.#fileHandle(fh);
+  override readAsync(_ctx: RequestContext, nodeid: number, fh: number, offset: number, dst: readonly Buffer[], done: ReadDone): void {
+    const h = this.#fileHandle(fh, nodeid);
     h.reading++;
     const finish = (err: Error | null, total: number): void => {
       if (--h.reading === 0 && h.released) native.closeQuietly(h.fd);
@@ -451,8 +487,8 @@ export class ClosureView extends FileSystem {
     step(dst, 0);
   }
 
-  override flush(_ctx: RequestContext, _nodeid: number, fh: number): void {
-    this.#fileHandle(fh);
+  override flush(_ctx: RequestContext, nodeid: number, fh: number): void {
+    this.#fileHandle(fh, nodeid);
   }
 
   override release(_ctx: RequestContext, _nodeid: number, fh: number): void {
@@ -469,7 +505,7 @@ export class ClosureView extends FileSystem {
   }
 
   override lseek(_ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): number {
-    const h = this.#fileHandle(fh);
+    const h = this.#fileHandle(fh, nodeid);
     if (whence === c.SEEK_DATA || whence === c.SEEK_HOLE) return native.lseek(h.fd, offset, whence);
     if (whence === c.SEEK_SET) return offset;
     if (whence === c.SEEK_END) return this.#node(nodeid).size + offset;

@@ -34,6 +34,7 @@ import {
   ReadIn,
   direntplusSize,
 } from '../fuse/abi';
+import { Errno } from '../fuse/errno';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/nodes';
 import { LoopbackDriver, MAX_REPLY_PAGES, type PageRun, type Reply, type ServedConnection } from './loopback-driver';
 
@@ -52,7 +53,8 @@ const MAX_LISTINGS = 512;
 const MAX_LOOKUPS = 256;
 /** What a Linux 6.x guest asks for in INIT that changes how the server answers. */
 const INIT_FLAGS =
-  InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.INIT_EXT;
+  InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES |
+  InitFlag.NO_OPEN_SUPPORT | InitFlag.NO_OPENDIR_SUPPORT | InitFlag.INIT_EXT;
 
 export interface WarmUpResult {
   /** READs completed (fewer than asked when stopped or when the closure has no regular file). */
@@ -171,8 +173,9 @@ export class WarmUp {
    */
   async #readFile(file: Entry, reads: number): Promise<number> {
     const open = await this.#call(0, Opcode.OPEN, file.nodeid, 8, (b, o) => (b.fill(0, o, o + 8), 8), 1);
-    if (open.error !== 0) throw new Error(`OPEN of a closure file failed: errno ${-open.error}`);
-    const fh = Number(this.#driver.replyPage(0, 0).readBigUInt64LE(0));
+    // ENOSYS: the server wants the guest to open files itself (zero-message open); its READs then carry fh 0.
+    if (open.error !== 0 && open.error !== -Errno.ENOSYS) throw new Error(`OPEN of a closure file failed: errno ${-open.error}`);
+    const fh = open.error === 0 ? Number(this.#driver.replyPage(0, 0).readBigUInt64LE(0)) : 0;
     const span = Math.max(READ_SIZE, Math.min(READ_SPAN, file.size));
     const tail = Math.max(0, file.size - READ_SIZE / 2) & ~(PAGE - 1);
     const read = (slot: number, n: number): Promise<Reply> => {

@@ -5,12 +5,15 @@
 import {
   Errno,
   FileSystem,
+  FlushIn,
   FopenFlag,
   FsError,
   FuseServer,
   InHeader,
   InitFlag,
   Opcode,
+  OpenIn,
+  OpenOut,
   OutHeader,
   type Attr,
   type DaxMapper,
@@ -45,7 +48,11 @@ class StubFs extends FileSystem {
   }
   /** Nodeid 3 stands for a file changed since the guest saw it. */
   override open(_c: RequestContext, nodeid: number): Opened {
+    this.calls.push(`open ${nodeid}`);
     return { fh: 7, unchanged: nodeid !== 3 };
+  }
+  override flush(_c: RequestContext, nodeid: number, fh: number): void {
+    this.calls.push(`flush ${nodeid} ${fh}`);
   }
   override read(_c: RequestContext, _n: number, _fh: number, offset: number, dst: readonly Buffer[]): number {
     let n = 0;
@@ -277,6 +284,30 @@ describe('replies', () => {
     expect(await flags('auto', 2)).toBe(FopenFlag.KEEP_CACHE | FopenFlag.NOFLUSH);
     expect(await flags('auto', 3)).toBe(FopenFlag.NOFLUSH);
     expect(await flags('never', 2)).toBe(FopenFlag.DIRECT_IO | FopenFlag.NOFLUSH);
+  });
+
+  test('zero-message open: under cache=always a guest that supports it is told to open files itself', async () => {
+    const O_WRONLY = 1;
+    const { fs, client } = await setup({ cache: 'always', zeroMessageOpen: true });
+    expect((await client.request(Opcode.OPEN, 2, [encode(OpenIn, { flags: 0, openFlags: 0 })], OpenOut.SIZE)).header.error).toBe(-Errno.ENOSYS);
+    // It sends FLUSH on close then (no FOPEN_NOFLUSH without an OPEN): ENOSYS once stops that too.
+    expect(await errnoOf(client.flush(2, 0))).toBe(Errno.ENOSYS);
+    // A write open still reaches the FileSystem (whose EROFS the guest must see).
+    expect((await client.request(Opcode.OPEN, 2, [encode(OpenIn, { flags: O_WRONLY, openFlags: 0 })], OpenOut.SIZE)).header.error).toBe(0);
+    expect(fs.calls.filter((c) => /^(open|flush)/.test(c))).toEqual(['open 2']);
+  });
+
+  test('zero-message open only under cache=always, only for a guest that offers it, only for the session that did', async () => {
+    const opened = async (c: FuseClient) => (await c.request(Opcode.OPEN, 2, [encode(OpenIn, { flags: 0, openFlags: 0 })], OpenOut.SIZE)).header.error;
+    for (const cache of ['auto', 'never'] as const) expect(await opened((await setup({ cache, zeroMessageOpen: true })).client)).toBe(0);
+    expect(await opened((await setup({ cache: 'always' })).client)).toBe(0);
+    const { client } = await setup({ cache: 'always', zeroMessageOpen: true });
+    expect(await opened(client)).toBe(-Errno.ENOSYS);
+    // A guest kernel without FUSE_NO_OPEN_SUPPORT would fail the open(2) on ENOSYS.
+    await client.destroy();
+    await client.init({ flags: GUEST_INIT_FLAGS & ~InitFlag.NO_OPEN_SUPPORT });
+    expect(await opened(client)).toBe(0);
+    expect((await client.request(Opcode.FLUSH, 2, [encode(FlushIn, { fh: 7, lockOwner: 0n })])).header.error).toBe(0);
   });
 
   test('cache=never does not offer CACHE_SYMLINKS', async () => {

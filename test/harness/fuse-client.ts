@@ -13,6 +13,7 @@ import {
   Dirent,
   EntryOut,
   FlushIn,
+  FopenFlag,
   ForgetIn,
   ForgetOne,
   FUSE_GETATTR_FH,
@@ -41,6 +42,7 @@ import {
   type KStatfs,
   type OpenOut as OpenOutT,
 } from '../../src/fuse/abi';
+import { Errno } from '../../src/fuse/errno';
 import type { RequestHandler } from '../../src/io';
 
 export type FuseTransport = (readable: Buffer[], writableSizes: number[]) => Promise<{ usedLen: number; written: Buffer }>;
@@ -137,6 +139,11 @@ export interface FuseClientOptions {
 
 export class FuseClient {
   #unique = 1n;
+  /**
+   * An OPEN was answered ENOSYS (zero-message open): as the kernel does then, later
+   * opens send nothing and give fh 0, and closing such a file sends no RELEASE.
+   */
+  #noOpen = false;
 
   constructor(
     readonly transport: FuseTransport,
@@ -182,6 +189,7 @@ export class FuseClient {
       flags2: o.flags2 ?? GUEST_INIT_FLAGS2,
     });
     const p = await this.call(Opcode.INIT, 0, [body], InitOut.SIZE);
+    this.#noOpen = false;
     const full = Buffer.alloc(InitOut.SIZE);
     p.copy(full);
     return InitOut.decode(full, 0);
@@ -227,8 +235,21 @@ export class FuseClient {
     return this.call(Opcode.READLINK, nodeid, [], 4096);
   }
 
+  /** OPEN, or with zero-message open what the kernel's file gets without one: fh 0, pages kept. */
   async open(nodeid: number, flags = 0): Promise<OpenOutT> {
-    return OpenOut.decode(await this.call(Opcode.OPEN, nodeid, [encode(OpenIn, { flags, openFlags: 0 })], OpenOut.SIZE), 0);
+    if (this.#noOpen) return { fh: 0, openFlags: FopenFlag.KEEP_CACHE };
+    try {
+      return OpenOut.decode(await this.call(Opcode.OPEN, nodeid, [encode(OpenIn, { flags, openFlags: 0 })], OpenOut.SIZE), 0);
+    } catch (e) {
+      if (!(e instanceof FuseReplyError && e.errno === Errno.ENOSYS)) throw e;
+      this.#noOpen = true;
+      return { fh: 0, openFlags: FopenFlag.KEEP_CACHE };
+    }
+  }
+
+  /** True once the daemon answered OPEN with ENOSYS. */
+  get opensWithoutOpen(): boolean {
+    return this.#noOpen;
   }
 
   async opendir(nodeid: number, flags = 0): Promise<OpenOutT> {
@@ -275,6 +296,7 @@ export class FuseClient {
   }
 
   async release(nodeid: number, fh: number): Promise<void> {
+    if (this.#noOpen && fh === 0) return;
     await this.call(Opcode.RELEASE, nodeid, [encode(ReleaseIn, { fh, flags: 0, releaseFlags: 0, lockOwner: 0n })]);
   }
 

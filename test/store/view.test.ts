@@ -10,7 +10,7 @@ import { FuseServer } from '../../src/fuse/server';
 import { ClosureView } from '../../src/store/view';
 import { PENDING, type Completion, type ScatterGather } from '../../src/io';
 import { backendPair } from '../harness/backend-pair';
-import { FuseClient, cName, errnoOf, inProcessTransport } from '../harness/fuse-client';
+import { FuseClient, GUEST_INIT_FLAGS, cName, errnoOf, inProcessTransport } from '../harness/fuse-client';
 import { fakeHash, makeFakeStore, type FakeStore } from './fake-store';
 
 const S_IFMT = 0o170000;
@@ -514,6 +514,76 @@ function readLater(server: FuseServer, req: { readable: Buffer[]; writable: Buff
   const done = new Promise<number>((r) => (complete = r));
   return { returned: server.handle(1, req, complete), done };
 }
+
+describe('ClosureView reads without a handle (zero-message open: fh 0)', () => {
+  function noOpenSetup(nodeFileCacheSize: number) {
+    const view = new ClosureView({ storeDir: store.storeDir, paths: store.closure, nodeFileCacheSize });
+    const client = new FuseClient(inProcessTransport(new FuseServer(view, { cache: 'always', zeroMessageOpen: true })));
+    return { view, client };
+  }
+
+  test('the guest opens without asking and reads by nodeid, byte-identical; no RELEASE or FLUSH to send', async () => {
+    const { view, client } = noOpenSetup(4);
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    expect(await client.open(e.nodeid)).toEqual({ fh: 0, openFlags: FopenFlag.KEEP_CACHE });
+    expect(client.opensWithoutOpen).toBe(true);
+    expect((await client.readAll(e.nodeid, 0, 128 * 1024)).equals(store.largeContent)).toBe(true);
+    expect(view.counts.nodeFiles).toBe(1);
+    view.close();
+  });
+
+  test('files read by nodeid stay open only up to the cache size, and a forgotten node closes its file', async () => {
+    const { view, client } = noOpenSetup(3);
+    await client.init();
+    const dir = await client.walk(`${store.names.app}/many`);
+    await client.lookup(dir.nodeid, 'f00000'); // the directory's own fd (lookups keep it) is open before counting
+    const before = openFdCount();
+    const files = [];
+    for (let i = 0; i < 10; i++) {
+      const e = await client.lookup(dir.nodeid, `f${String(i).padStart(5, '0')}`);
+      files.push(e.nodeid);
+      expect((await client.read(e.nodeid, 0, 0, 100)).toString()).toBe(`${i}\n`);
+      expect(view.counts.nodeFiles).toBe(Math.min(i + 1, 3));
+    }
+    expect(openFdCount() - before).toBeLessThanOrEqual(3);
+    // An evicted one opens again when read again.
+    expect((await client.read(files[0], 0, 0, 100)).toString()).toBe('0\n');
+    await client.forget(files[0], 2); // looked up twice (before counting, and in the loop)
+    expect(view.counts.nodeFiles).toBe(2);
+    await client.destroy();
+    expect(view.counts.nodeFiles).toBe(0);
+    expect(openFdCount()).toBeLessThanOrEqual(before);
+    view.close();
+  });
+
+  test('fh 0 on something that is not a regular file, or on an unknown nodeid, is an errno', async () => {
+    const { view, client } = noOpenSetup(4);
+    await client.init();
+    const dir = await client.walk(`${store.names.app}/share`);
+    const link = await client.walk(`${store.names.app}/lib-abs`);
+    expect(await errnoOf(client.read(dir.nodeid, 0, 0, 100))).toBe(Errno.EISDIR);
+    expect(await errnoOf(client.read(link.nodeid, 0, 0, 100))).toBe(Errno.EINVAL);
+    expect(await errnoOf(client.read(999_999, 0, 0, 100))).toBe(Errno.ENOENT);
+    expect(view.counts.nodeFiles).toBe(0);
+    view.close();
+  });
+
+  test('a write open still gets EROFS, and a guest without FUSE_NO_OPEN_SUPPORT still gets handles', async () => {
+    const { view, client } = noOpenSetup(4);
+    await client.init();
+    const e = await client.walk(`${store.names.app}/share/large.bin`);
+    const O_WRONLY = 1;
+    expect(await errnoOf(client.open(e.nodeid, O_WRONLY))).toBe(Errno.EROFS);
+    await client.destroy();
+    await client.init({ flags: GUEST_INIT_FLAGS & ~InitFlag.NO_OPEN_SUPPORT });
+    const again = await client.walk(`${store.names.app}/share/large.bin`);
+    const { fh } = await client.open(again.nodeid);
+    expect(fh).toBeGreaterThan(0);
+    await client.release(again.nodeid, fh);
+    view.close();
+  });
+});
 
 describe('ClosureView reads off the main thread', () => {
   test('a large READ offered a completion is read on the pool: PENDING, then the same bytes as in place', async () => {

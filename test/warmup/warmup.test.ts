@@ -24,19 +24,27 @@ async function settledFds(want: number): Promise<number> {
 }
 
 /** Builds what the daemon builds per frontend, and remembers it. */
-function served(paths = store.closure): { serve: (fd: number) => VhostUserSession; server: () => FuseServer; session: () => VhostUserSession } {
+function served(
+  paths = store.closure,
+  cache: 'auto' | 'always' = 'auto',
+): { serve: (fd: number) => VhostUserSession; server: () => FuseServer; session: () => VhostUserSession; viewCounts: () => ClosureView['counts'] | null } {
   let server: FuseServer | null = null;
   let session: VhostUserSession | null = null;
+  let countsAtClose: ClosureView['counts'] | null = null;
   return {
     serve: (fd) => {
       const view = new ClosureView({ storeDir: store.storeDir, paths });
-      server = new FuseServer(view, { cache: 'auto', zeroMessageOpendir: true });
+      server = new FuseServer(view, { cache, zeroMessageOpendir: true, zeroMessageOpen: true });
       session = new VhostUserSession(fd, { numQueues: 2, handler: server });
-      session.once('close', () => view.close());
+      session.once('close', () => {
+        countsAtClose = view.counts;
+        view.close();
+      });
       return session;
     },
     server: () => server as FuseServer,
     session: () => session as VhostUserSession,
+    viewCounts: () => countsAtClose,
   };
 }
 
@@ -157,6 +165,7 @@ describe('WarmUp', () => {
     expect(r).toMatchObject({ reads: 200, fileSize: store.largeContent.length, stopped: null });
     const counts = s.server().requestCounts();
     expect(counts).toMatchObject({ INIT: 1, OPEN: 1, READ: 200 });
+    expect(s.viewCounts()).toMatchObject({ handles: 1, nodeFiles: 0 });
     // Some READs went out in pairs, and the first of a pair was read on the pool.
     expect(counts['READ off the main thread']).toBeGreaterThan(0);
     expect(counts.READDIRPLUS).toBeGreaterThanOrEqual(3); // root, app, app/share at least
@@ -167,6 +176,19 @@ describe('WarmUp', () => {
     expect(r.requests).toBe(Object.values(byOpcode).reduce((a, b) => a + b, 0));
     expect(s.session().closed).toBe(true);
     expect(openFds()).toBe(before);
+  });
+
+  test('under cache=always it opens the file as a guest does then, without an OPEN, and READs with fh 0', async () => {
+    const before = openFds();
+    const s = served(store.closure, 'always');
+    const r = await new WarmUp(s.serve).run(100);
+    expect(r).toMatchObject({ reads: 100, fileSize: store.largeContent.length, stopped: null });
+    // One OPEN, answered ENOSYS; every READ after it carried fh 0 and was served by nodeid, from a file
+    // the view kept open for it (no handle).
+    expect(s.server().requestCounts()).toMatchObject({ INIT: 1, OPEN: 1, READ: 100 });
+    expect(s.viewCounts()).toMatchObject({ handles: 0, nodeFiles: 1 });
+    expect(s.session().closed).toBe(true);
+    expect(await settledFds(before)).toBe(before);
   });
 
   test('a closure with no regular file gets the walk and no READs, and says why', async () => {
