@@ -63,7 +63,7 @@ import { MUTATING_OPS, opensForWrite, type DirEntry, type Entry, type FileSystem
  *   store path never changes after it is registered and the view is fixed for the
  *   daemon's life, so there is nothing to revalidate; every timeout we skip is a
  *   LOOKUP/GETATTR round trip saved, and KEEP_CACHE keeps binaries' pages across
- *   exec()s.
+ *   exec()s. With zeroMessageOpen the guest opens files without asking at all.
  * - auto: 1 s timeouts, no negative entries or directory caching, and
  *   close-to-open consistency for file data: each OPEN revalidates the file (its
  *   size and mtime against those the guest was given) and lets the guest keep its
