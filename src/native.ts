@@ -234,7 +234,7 @@ export function eventfd(initval = 0): number {
 
 /** Reads and resets the counter; 0n when it was already zero. */
 export function eventfdRead(fd: number): bigint {
-  return nullOnEagain(() => addon.eventfdRead(fd)) ?? 0n;
+  return addon.eventfdRead(fd);
 }
 
 export function eventfdWrite(fd: number, value: number | bigint = 1): void {
