@@ -37,7 +37,7 @@ function checkStoreDir(storeDir: string): void {
  * A fresh view, FUSE server and DAX window per frontend: node and handle tables
  * and window mappings belong to one guest mount (a reset or reconnect drops them).
  */
-function startSession(fd: number, opts: DaemonOptions, paths: readonly string[], logger: Logger): VhostUserSession {
+function startSession(fd: number, opts: DaemonOptions, paths: readonly string[], logger: Logger, reportCounts = true): VhostUserSession {
   const view = new ClosureView({ storeDir: opts.storeDir, paths, maxHandles: opts.maxOpenFiles, logger });
   let session: VhostUserSession | null = null;
   const dax =
@@ -69,7 +69,7 @@ function startSession(fd: number, opts: DaemonOptions, paths: readonly string[],
   );
   session.once('close', () => {
     view.close();
-    logger.info({ requests: server.requestCounts(), polled: session?.polledChains }, 'FUSE requests served');
+    if (reportCounts) logger.info({ requests: server.requestCounts(), polled: session?.polledChains }, 'FUSE requests served');
   });
   return session;
 }
@@ -178,13 +178,15 @@ function logClosureSize(opts: DaemonOptions, paths: readonly string[], logger: L
  * warnings: its requests are not a guest's.
  */
 function warmUp(daemon: Daemon, opts: DaemonOptions, paths: readonly string[], logger: Logger): void {
-  const log = logger.child({ warmUp: true });
-  if (log.levelVal < log.levels.values.warn) log.level = 'warn';
   setImmediate(() => {
     if (!daemon.listening) return;
     let w: WarmUp;
     try {
-      w = new WarmUp((fd) => startSession(fd, opts, paths, log));
+      // The daemon's own logger, as a VM's session gets: the warm-up's session compiles the
+      // request path against the objects it is handed, V8 compiles their shapes in, and a
+      // child logger here (another shape) made a VM's first requests run that code
+      // deoptimized. What it served goes in the 'warm-up done' line instead of its own.
+      w = new WarmUp((fd) => startSession(fd, opts, paths, logger, false));
     } catch (e) {
       logger.warn({ err: (e as Error).message }, 'warm-up could not start; serving without it');
       return;

@@ -146,6 +146,13 @@ class Vring implements QueueSignals {
 export class VhostUserSession extends EventEmitter {
   readonly #fd: number;
   readonly #device: VhostUserDevice;
+  /**
+   * device.handler, kept in a field of our own for the request path: V8 tracks what a
+   * field holds per object shape, and the daemon's device objects (one object literal
+   * per connection) had that record reset when the VM's connection made its device
+   * after the warm-up's, which threw away the compiled kick path that read it there.
+   */
+  readonly #handler: RequestHandler;
   readonly #log: Logger;
   readonly #backendTimeoutMs: number | undefined;
   readonly #pollMaxNs: number;
@@ -160,7 +167,13 @@ export class VhostUserSession extends EventEmitter {
   #features = 0n;
   #protocolFeatures = 0n;
   #backend: BackendChannel | null = null;
-  #closed = false;
+  /**
+   * Closed until the constructor has the socket watched. Why not false from the start: V8
+   * treats a field never written after its initializer as a constant and compiles it into
+   * the kick path, so the start-up warm-up's session, closing, threw away the compiled kick
+   * path just as a VM's session started on it. A second write here makes it a variable.
+   */
+  #closed = true;
   /**
    * A message arrived while requests were in flight: the socket is not read
    * until they complete. Every message may change what those requests write to
@@ -176,6 +189,7 @@ export class VhostUserSession extends EventEmitter {
     checkDevice(device);
     this.#fd = fd;
     this.#device = device;
+    this.#handler = device.handler;
     this.#log = opts.logger ?? silentLogger;
     this.#backendTimeoutMs = opts.backendTimeoutMs;
     this.#pollMaxNs = opts.pollMaxNs ?? DEFAULT_POLL_MAX_NS;
@@ -186,6 +200,7 @@ export class VhostUserSession extends EventEmitter {
     this.#handlers = this.#handlerTable();
     native.setNonBlocking(fd, true);
     this.#watcher = new native.FdWatcher(fd, () => this.#onReadable()).start();
+    this.#closed = false;
   }
 
   /** The SET_BACKEND_REQ_FD channel, once the frontend has sent one. */
@@ -613,16 +628,27 @@ export class VhostUserSession extends EventEmitter {
     } while (v.pendingDrain === null && v.queue.hasAvailable);
   }
 
-  /** Drains the vring, then polls it for more while requests come back to back. */
+  /**
+   * Drains the vring, then polls it for more while requests come back to back.
+   *
+   * A poll that catches a chain runs exactly the code a poll that misses runs, here and
+   * in #pollForMore: the start-up warm-up never sees a catch (its driver shares our
+   * thread, so nothing reaches the ring while we watch it), and V8 throws compiled code
+   * away at the first call or property access it has never seen run. With the catch on
+   * code of its own, a guest's first caught request deoptimized the whole kick path
+   * (its callback, #onKick, this loop) and a V8 helper recompiled it for milliseconds.
+   */
   #serveAndPoll(v: Vring): void {
-    let served = this.#drain(v);
-    // Bounded by the queue size per wake-up, so a guest that never pauses cannot keep the loop from its other work.
-    while (served > 0 && served < v.queue.size && this.#pollForMore(v)) {
+    let served = 0;
+    let caught = 0;
+    for (let pass = 0, more = true; more; pass++) {
       const n = this.#drain(v);
-      if (n === 0) break;
-      this.#polledChains += n;
       served += n;
+      caught += pass === 0 ? 0 : n;
+      // Bounded by the queue size per wake-up, so a guest that never pauses cannot keep the loop from its other work.
+      more = n > 0 && served < v.queue.size && this.#pollForMore(v);
     }
+    this.#polledChains += caught;
   }
 
   /**
@@ -638,21 +664,24 @@ export class VhostUserSession extends EventEmitter {
     const deadline = start + windowNs / 1e6;
     // While we watch the ring, the driver's kicks would only cost it (a VM exit each).
     v.queue.suppressKicks();
-    for (let now = start; now < deadline; now = performance.now()) {
-      if (v.queue.hasAvailable) {
-        v.poll.observe((now - start) * 1e6);
-        v.quietSince = NaN;
-        return true;
-      }
+    let found = false;
+    let now = start;
+    while (!found && now < deadline) {
+      found = v.queue.hasAvailable;
+      now = performance.now();
     }
-    return false;
+    // The same operations for a catch and a miss (see #serveAndPoll). A catch tells the window
+    // how long it waited; after a miss the kick that ends the wait will (observe(0) keeps it).
+    const waitedNs = (now - start) * 1e6;
+    v.poll.observe(found ? waitedNs : 0);
+    v.quietSince = found ? NaN : start;
+    return found;
   }
-
 
   /** Serves what the vring has available; returns how many chains completed. */
   #drain(v: Vring): number {
     if (!this.#serving(v)) return 0;
-    const r = v.queue.drain(this.#device.handler);
+    const r = v.queue.drain(this.#handler);
     if (r.error !== null) {
       this.#broken(v, r.error);
       return r.completed;

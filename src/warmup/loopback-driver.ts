@@ -19,7 +19,10 @@
  * - Up to SLOTS requests are in flight at once (a guest's readahead keeps two), each
  *   with its own head descriptor, indirect table, request, out header and pages.
  * - A request's device-writable pages are laid out as the caller asks: one run,
- *   every other page, or runs of a few, as a guest's page cache hands pages out.
+ *   every other page, or runs of a few, as a guest's page cache hands pages out;
+ *   the out header apart from them, or right before the first (the device then
+ *   sees header and pages as one run of guest memory, and writes the data at an
+ *   offset into it).
  * - Kicks follow the device's avail_event, and the driver asks for a call per reply
  *   through used_event, re-checking the used ring after moving it.
  */
@@ -71,6 +74,9 @@ const USER_BASE = 0x7f00_0000_0000;
  */
 export type PageRun = number;
 
+/** Where a request's out header lies: in the slot's header area, or ending where its first page starts. */
+export type HeaderPlace = 'apart' | 'before-pages';
+
 export interface Reply {
   /** fuse_out_header.error: 0 or a negative errno. */
   error: number;
@@ -94,6 +100,15 @@ function pageOffset(slot: number, i: number, run: PageRun): number {
   return LAYOUT.pages + slot * SLOT_PAGES_BYTES + (i + Math.floor(i / r)) * PAGE;
 }
 
+/**
+ * Memfd offset of a slot's out header. Right before the first page it lies in the last
+ * page of the slot before (or, for slot 0, below the page area), which no layout uses:
+ * a slot's 32 pages with their gaps take at most 63 of its 64.
+ */
+function outHeaderOffset(slot: number, run: PageRun, place: HeaderPlace): number {
+  return place === 'apart' ? LAYOUT.outHeader + slot * 0x100 : pageOffset(slot, 0, run) - OUT_HEADER_SIZE;
+}
+
 /** virtio's vring_need_event: has idx moved past event since old (all le16, wrapping)? */
 function needEvent(event: number, idx: number, old: number): boolean {
   return ((idx - event - 1) & 0xffff) < ((idx - old) & 0xffff);
@@ -111,6 +126,8 @@ export class LoopbackDriver {
   #usedIdx = 0;
   readonly #pending: (((r: Reply) => void) | null)[] = new Array(SLOTS).fill(null);
   readonly #runs: PageRun[] = new Array(SLOTS).fill(1);
+  /** Memfd offset of each slot's out header for its request in flight. */
+  readonly #headers: number[] = Array.from({ length: SLOTS }, (_, slot) => outHeaderOffset(slot, 1, 'apart'));
   #closed = false;
 
   /** Creates the memory, the socketpair and the eventfds, and hands one socket end to serve(). */
@@ -154,11 +171,12 @@ export class LoopbackDriver {
    * writable pages laid out in runs of `run`, kicks if the device asks for it, and
    * resolves when the device puts the chain in the used ring.
    */
-  submit(slot: number, requestBytes: number, pages: number, run: PageRun = 1): Promise<Reply> {
+  submit(slot: number, requestBytes: number, pages: number, run: PageRun = 1, header: HeaderPlace = 'apart'): Promise<Reply> {
     if (this.#closed) return Promise.reject(new Error('loopback driver closed'));
     if (this.#pending[checkSlot(slot)] !== null) return Promise.reject(new Error(`slot ${slot} already has a request in flight`));
     if (pages < 0 || pages > MAX_REPLY_PAGES || requestBytes > MAX_REQUEST_BYTES) throw new RangeError('request does not fit the layout');
     this.#runs[slot] = run;
+    this.#headers[slot] = outHeaderOffset(slot, run, header);
     this.#writeChain(slot, requestBytes, pages, run);
     const done = new Promise<Reply>((resolve) => (this.#pending[slot] = resolve));
     this.#publish(slot);
@@ -240,7 +258,7 @@ export class LoopbackDriver {
     const entry = (i: number): number => table + 16 * i;
     const more = (i: number): number => (i + 1 < n ? DESC_F_NEXT : 0);
     this.#descriptor(entry(0), gpa(LAYOUT.request + slot * PAGE), requestBytes, more(0), 1);
-    this.#descriptor(entry(1), gpa(LAYOUT.outHeader + slot * 0x100), OUT_HEADER_SIZE, DESC_F_WRITE | more(1), 2);
+    this.#descriptor(entry(1), gpa(this.#headers[slot] as number), OUT_HEADER_SIZE, DESC_F_WRITE | more(1), 2);
     for (let p = 0; p < pages; p++) this.#descriptor(entry(2 + p), gpa(pageOffset(slot, p, run)), PAGE, DESC_F_WRITE | more(2 + p), 3 + p);
     this.#descriptor(LAYOUT.desc + 16 * slot, gpa(table), 16 * n, DESC_F_INDIRECT, 0);
   }
@@ -270,7 +288,7 @@ export class LoopbackDriver {
         this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
         // Only a broken device returns a head we never queued: end the run rather than guess.
         if (id >= SLOTS || this.#pending[id] === null) return this.close();
-        const out = LAYOUT.outHeader + id * 0x100;
+        const out = this.#headers[id] as number;
         const len = b.readUInt32LE(out);
         this.#resolve(id, { error: b.readInt32LE(out + 4), length: Math.max(0, len - OUT_HEADER_SIZE) });
       }

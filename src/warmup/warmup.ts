@@ -36,7 +36,7 @@ import {
 } from '../fuse/abi';
 import { Errno } from '../fuse/errno';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../store/nodes';
-import { LoopbackDriver, MAX_REPLY_PAGES, type PageRun, type Reply, type ServedConnection } from './loopback-driver';
+import { LoopbackDriver, MAX_REPLY_PAGES, type HeaderPlace, type PageRun, type Reply, type ServedConnection } from './loopback-driver';
 
 const PAGE = 4096;
 const READ_SIZE = MAX_REPLY_PAGES * PAGE;
@@ -46,8 +46,20 @@ const READ_SPAN = 1 << 20;
 const PAIR_EVERY = 4;
 /** Every this many READs, one reads across the end of the file and comes back short. */
 const EOF_EVERY = 64;
-/** Page layouts of the READs in turn: every other page, runs of 3, one run, runs of 2. */
-const PAGE_RUNS: readonly PageRun[] = [1, 3, MAX_REPLY_PAGES, 2];
+/**
+ * Page layouts of the READs in turn: every other page, runs of 3, one run, runs of 2,
+ * and one run right after the out header (one view of guest memory that the data goes
+ * into at an offset: a driver whose header happens to sit before its pages).
+ */
+const READ_SHAPES: readonly { run: PageRun; header: HeaderPlace }[] = [
+  { run: 1, header: 'apart' },
+  { run: 3, header: 'apart' },
+  { run: MAX_REPLY_PAGES, header: 'apart' },
+  { run: 2, header: 'apart' },
+  { run: MAX_REPLY_PAGES, header: 'before-pages' },
+];
+/** Every this many steps the request beside a READ is one that fails (see #readFile). */
+const FAIL_EVERY = 4 * PAIR_EVERY;
 /** Listing pages (READDIRPLUS requests) read while looking for a file, and entries looked up along the way. */
 const MAX_LISTINGS = 512;
 const MAX_LOOKUPS = 256;
@@ -167,9 +179,12 @@ export class WarmUp {
    * READs as a guest's readahead sends them: mostly one in flight; every PAIR_EVERY-th
    * step two requests at once, the first of them served on the pool while the second
    * is served in place (every other pair the first is a GETATTR, which is offered the
-   * pool and answers in place all the same); pages in the layouts of PAGE_RUNS in
-   * turn; and now and then a READ across the end of the file (a short read). Each
-   * shape is a branch V8 would otherwise first meet in the guest's traffic.
+   * pool and answers in place all the same); pages in the layouts of READ_SHAPES in
+   * turn; now and then a READ across the end of the file (a short read); and every
+   * FAIL_EVERY steps a READLINK of the file beside the READ, which fails (EINVAL) as
+   * some of a guest's requests do. Each is a branch V8 would otherwise first meet in
+   * the guest's traffic: the guest's first OPEN, answered ENOSYS after the warm-up had
+   * compiled the dispatch without an error reply, threw that code away.
    */
   async #readFile(file: Entry, reads: number): Promise<number> {
     const open = await this.#call(0, Opcode.OPEN, file.nodeid, 8, (b, o) => (b.fill(0, o, o + 8), 8), 1);
@@ -180,14 +195,19 @@ export class WarmUp {
     const tail = Math.max(0, file.size - READ_SIZE / 2) & ~(PAGE - 1);
     const read = (slot: number, n: number): Promise<Reply> => {
       const offset = n % EOF_EVERY === EOF_EVERY - 1 ? tail : (n * READ_SIZE) % span;
-      const run = PAGE_RUNS[n % PAGE_RUNS.length] as number;
-      return this.#call(slot, Opcode.READ, file.nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh, offset, size: READ_SIZE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), MAX_REPLY_PAGES, run);
+      const shape = READ_SHAPES[n % READ_SHAPES.length] as (typeof READ_SHAPES)[number];
+      return this.#call(slot, Opcode.READ, file.nodeid, ReadIn.SIZE, (b, o) => ReadIn.encode({ fh, offset, size: READ_SIZE, readFlags: 0, lockOwner: 0n, flags: 0 }, b, o), MAX_REPLY_PAGES, shape.run, shape.header);
     };
-    const getattr = (slot: number): Promise<Reply> => this.#call(slot, Opcode.GETATTR, file.nodeid, 16, (b, o) => (b.fill(0, o, o + 16), 16), 1);
+    const aside = async (slot: number, step: number): Promise<Reply> => {
+      if (step % FAIL_EVERY !== PAIR_EVERY - 1) return this.#call(slot, Opcode.GETATTR, file.nodeid, 16, (b, o) => (b.fill(0, o, o + 16), 16), 1);
+      const r = await this.#call(slot, Opcode.READLINK, file.nodeid, 0, () => 0, 1);
+      if (r.error !== -Errno.EINVAL) throw new Error(`warm-up READLINK of a regular file: errno ${-r.error}, expected EINVAL`);
+      return { error: 0, length: 0 };
+    };
     let done = 0;
     for (let step = 0; done < reads; step++) {
       const pair = step % PAIR_EVERY === PAIR_EVERY - 1;
-      const first = !pair ? null : step % (2 * PAIR_EVERY) === PAIR_EVERY - 1 || reads - done < 2 ? getattr(1) : read(1, done++);
+      const first = !pair ? null : step % (2 * PAIR_EVERY) === PAIR_EVERY - 1 || reads - done < 2 ? aside(1, step) : read(1, done++);
       const replies = await Promise.all(first === null ? [read(0, done)] : [first, read(0, done)]);
       done++;
       for (const r of replies) if (r.error !== 0) throw new Error(`warm-up request on a closure file failed: errno ${-r.error}`);
@@ -196,13 +216,13 @@ export class WarmUp {
   }
 
   /** One request in a driver slot: in header + the arguments `args` writes at the offset it is given. */
-  async #call(slot: number, opcode: number, nodeid: number, argsSize: number, args: (b: Buffer, off: number) => number, pages: number, run: PageRun = 1): Promise<Reply> {
+  async #call(slot: number, opcode: number, nodeid: number, argsSize: number, args: (b: Buffer, off: number) => number, pages: number, run: PageRun = 1, header: HeaderPlace = 'apart'): Promise<Reply> {
     if (this.#stopReason !== null) throw new Error(this.#stopReason);
     const b = this.#driver.request(slot);
     const len = InHeader.SIZE + args(b, InHeader.SIZE);
     if (len !== InHeader.SIZE + argsSize) throw new Error(`warm-up: opcode ${opcode} arguments are ${len - InHeader.SIZE} bytes, expected ${argsSize}`);
     InHeader.encode({ len, opcode, unique: this.#unique++, nodeid, uid: 0, gid: 0, pid: 0, totalExtlen: 0 }, b, 0);
-    const r = await this.#driver.submit(slot, len, pages, run);
+    const r = await this.#driver.submit(slot, len, pages, run, header);
     if (this.#stopReason !== null) throw new Error(this.#stopReason);
     this.#requests++;
     return r;

@@ -7,7 +7,7 @@ import { FuseServer } from '../../src/fuse';
 import { InHeader, InitIn, Opcode, ReadIn } from '../../src/fuse/abi';
 import { ClosureView } from '../../src/store';
 import { VhostUserSession } from '../../src/vhost-user';
-import { LoopbackDriver, MAX_REPLY_PAGES } from '../../src/warmup/loopback-driver';
+import { LoopbackDriver, MAX_REPLY_PAGES, type HeaderPlace } from '../../src/warmup/loopback-driver';
 import { WarmUp } from '../../src/warmup/warmup';
 import { makeFakeStore, type FakeStore } from '../store/fake-store';
 
@@ -49,12 +49,12 @@ function served(
 }
 
 /** One FUSE request through a driver slot: in header + args. */
-async function call(d: LoopbackDriver, opcode: number, nodeid: number, args: Buffer, pages: number, slot = 0, run = 1): Promise<{ error: number; length: number }> {
+async function call(d: LoopbackDriver, opcode: number, nodeid: number, args: Buffer, pages: number, slot = 0, run = 1, header: HeaderPlace = 'apart'): Promise<{ error: number; length: number }> {
   const len = InHeader.SIZE + args.length;
   const request = d.request(slot);
   InHeader.encode({ len, opcode, unique: BigInt(7 + slot), nodeid, uid: 0, gid: 0, pid: 0, totalExtlen: 0 }, request, 0);
   args.copy(request, InHeader.SIZE);
-  return d.submit(slot, len, pages, run);
+  return d.submit(slot, len, pages, run, header);
 }
 
 function readIn(fh: number, offset: number, size = MAX_REPLY_PAGES * 4096): Buffer {
@@ -128,6 +128,25 @@ describe('LoopbackDriver', () => {
     }
   });
 
+  test('an out header right before the first page: the data lands after it, and the reply is read from it', async () => {
+    const s = served();
+    const d = new LoopbackDriver(s.serve);
+    try {
+      const { file, fh } = await openLarge(d);
+      const size = MAX_REPLY_PAGES * 4096;
+      // Slot 1 too: its header then lies in the last page of slot 0's area, which no layout uses.
+      for (const slot of [0, 1]) {
+        const offset = (slot + 2) * 4096;
+        expect(await call(d, Opcode.READ, file, readIn(fh, offset), MAX_REPLY_PAGES, slot, MAX_REPLY_PAGES, 'before-pages')).toEqual({ error: 0, length: size });
+        expect(landed(d, slot, offset)).toBe(true);
+      }
+      // An error comes back through a header placed the same way.
+      expect(await call(d, Opcode.READLINK, file, Buffer.alloc(0), 1, 1, MAX_REPLY_PAGES, 'before-pages')).toEqual({ error: -22, length: 0 });
+    } finally {
+      d.close();
+    }
+  });
+
   test('a READ across the end of the file comes back short, with the file\'s last bytes', async () => {
     const s = served();
     const d = new LoopbackDriver(s.serve);
@@ -165,6 +184,8 @@ describe('WarmUp', () => {
     expect(r).toMatchObject({ reads: 200, fileSize: store.largeContent.length, stopped: null });
     const counts = s.server().requestCounts();
     expect(counts).toMatchObject({ INIT: 1, OPEN: 1, READ: 200 });
+    // Now and then a request that fails (EINVAL) goes beside a READ, so error replies are compiled too.
+    expect(counts.READLINK).toBeGreaterThan(0);
     expect(s.viewCounts()).toMatchObject({ handles: 1, nodeFiles: 0 });
     // Some READs went out in pairs, and the first of a pair was read on the pool.
     expect(counts['READ off the main thread']).toBeGreaterThan(0);
