@@ -92,15 +92,18 @@ describe('with polling (--poll-max-us 10000)', () => {
   test('a chain published right after a reply is served without a kick, and the daemon asked for none', async () => {
     const { fe } = s as Setup;
     // Each request follows the last reply by about 2 ms, so the window grows to cover that (4-8 ms); the
-    // unkicked chain follows its reply the same way. Three tries, so that one stall of this process
-    // longer than the window does not decide the test.
+    // unkicked chain follows its reply the same way. Up to five tries, so that a stall of this process
+    // longer than the window does not decide the test: the chain then comes after the daemon stopped
+    // polling, and is either left for its kick or, published between the daemon asking for kicks again
+    // and its last look at the ring, served all the same while a kick was wanted (the spec allows both).
     const tries: Unkicked[] = [];
-    for (let i = 0; i < 3 && !tries.some((t) => t.answered); i++) {
+    const polled = (t: Unkicked): boolean => t.answered && !t.kickWanted;
+    for (let i = 0; i < 5 && !tries.some(polled); i++) {
       await paced(fe, 20);
       tries.push(await servedWithoutKick(fe, 500));
     }
     // While it polls, the daemon keeps avail_event behind the driver (a guest saves a VM exit per request).
-    expect(tries.find((t) => t.answered)).toEqual({ answered: true, kickWanted: false });
+    expect(tries).toContainEqual({ answered: true, kickWanted: false });
   }, 60_000);
 
   test('a quiet queue goes back to sleep: a chain published long after a reply waits for its kick', async () => {
